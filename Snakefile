@@ -1,0 +1,24 @@
+# vitlocal: regenerate "Analyzing Local Representations of Self-supervised
+# Vision Transformers" (arXiv 2401.00463), plus DVT, from raw data.
+#
+#   snakemake --cores 8 all                                  # paper preset (config.yaml)
+#   snakemake --cores 2 all --configfile config/demo.yaml    # embedded demo
+#   snakemake --cores 8 subsets                              # one stage / target
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/subsets.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_outputs(),

@@ -1,0 +1,16 @@
+"""Snakemake entry point: write one subset manifest (rules/subsets.smk)."""
+
+from vitlocal.subsets import select_subset, write_manifest
+from vitlocal.workflow import rule_logging
+
+with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
+    sm = snakemake  # noqa: F821
+    manifest = select_subset(
+        sm.wildcards.dataset,
+        sm.wildcards.subset,
+        root=sm.params.root,
+        settings=sm.params.settings,
+        seed=sm.params.seed,
+    )
+    write_manifest(manifest, sm.output.manifest)
+    log.info("%s/%s: %d rows -> %s", sm.wildcards.dataset, sm.wildcards.subset, len(manifest), sm.output.manifest)

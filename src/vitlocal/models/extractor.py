@@ -1,0 +1,204 @@
+"""Patch features of several layers from one forward pass.
+
+The authors' code [code] ran the first L blocks for each layer L and applied
+the model's final LayerNorm (``model.norm``) to block L's output, then dropped
+the prefix tokens (CLS, registers). Running all blocks once and normalising
+each requested block's output gives the same numbers for every layer at the
+cost of one pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from vitlocal.errors import ConfigError, CorruptFileError
+from vitlocal.models.registry import ModelSpec, grid_size, register_custom_archs
+from vitlocal.models.weights import ensure_weights
+
+PatchFeatures = dict[int, torch.Tensor]
+
+
+def build_model(spec: ModelSpec, weights_dir: str | Path, *, dynamic_img_size: bool = False) -> nn.Module:
+    """timm model for ``spec`` with its weights loaded (strictly), on CPU, in eval mode.
+
+    ``dynamic_img_size=True`` makes timm interpolate the position embedding to
+    the input's patch grid at run time (whole-frame experiments); at the native
+    size it changes nothing.
+    """
+    import timm
+
+    register_custom_archs()
+    kwargs = dict(spec.model_kwargs)
+    if dynamic_img_size:
+        kwargs["dynamic_img_size"] = True
+    try:
+        if spec.weights == "random":
+            model = _random_model(spec, kwargs)
+        elif spec.checkpoint_format == "timm":
+            path = ensure_weights(spec, weights_dir)
+            # pretrained=True with a local file runs timm's own checkpoint filter
+            # (e.g. resampling DINOv2's 37x37 position embedding to 16x16) and a strict load.
+            model = timm.create_model(
+                spec.pretrained_tag or spec.arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
+        else:
+            model = timm.create_model(spec.arch, pretrained=False, **kwargs)
+            model.load_state_dict(_converted_state_dict(spec, ensure_weights(spec, weights_dir), model), strict=True)
+    except TypeError as err:
+        raise ConfigError(f"model {spec.key!r}: arch {spec.arch!r} rejects model kwargs {kwargs}: {err}") from err
+    return model.eval()
+
+
+def _random_model(spec: ModelSpec, kwargs: Mapping[str, Any]) -> nn.Module:
+    """Build with timm's init under ``spec.seed``, leaving the global RNG state untouched."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return timm.create_model(spec.arch, pretrained=False, **kwargs)
+
+
+def read_checkpoint(path: Path) -> Any:
+    """Object stored in a checkpoint file (safetensors dict, or whatever the torch pickle holds).
+
+    Pickles are first read with ``weights_only=True``; official checkpoints that
+    also pickle their training config (argparse / yacs objects) fall back to a
+    full unpickle: they come from the registry's official URLs.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise CorruptFileError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def _converted_state_dict(spec: ModelSpec, path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Official checkpoint -> timm state dict via ``vitlocal.models.convert.CONVERTERS`` (which unwrap it)."""
+    converters = importlib.import_module("vitlocal.models.convert").CONVERTERS
+    if spec.checkpoint_format not in converters:
+        raise ConfigError(
+            f"model {spec.key!r}: no converter for checkpoint_format {spec.checkpoint_format!r} "
+            f"(available: {sorted(converters)})"
+        )
+    return converters[spec.checkpoint_format](read_checkpoint(path), model)
+
+
+class FeatureExtractor(nn.Module):
+    """A ViT that returns normalised patch (and CLS) tokens of any set of blocks."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.spec = spec
+        self.depth = len(model.blocks)
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.has_cls = getattr(model, "cls_token", None) is not None
+        self.dynamic_img_size = bool(getattr(model, "dynamic_img_size", False))
+        built = {
+            "patch_size": int(model.patch_embed.patch_size[0]),
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "depth": self.depth,
+        }
+        stale = {name: (getattr(spec, name), got) for name, got in built.items() if getattr(spec, name) != got}
+        if stale:
+            raise ConfigError(f"model {spec.key!r}: spec disagrees with the built model (spec, model): {stale}")
+
+    def check_layers(self, layers: Iterable[int]) -> list[int]:
+        """Sorted unique 1-based block indices; raises on anything outside 1..depth."""
+        out = sorted({int(layer) for layer in layers})
+        if not out or out[0] < 1 or out[-1] > self.depth:
+            raise ConfigError(
+                f"model {self.spec.key!r}: layers must be block indices in 1..{self.depth}, got {list(layers)!r}"
+            )
+        return out
+
+    def check_input(self, x: torch.Tensor) -> tuple[int, int]:
+        """Patch grid of ``x``; raises if the model cannot take this size."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ConfigError(f"model {self.spec.key!r}: expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
+        gh, gw = grid_size(self.spec, x.shape[-2:])
+        native = tuple(self.model.patch_embed.img_size)
+        if not self.dynamic_img_size and tuple(x.shape[-2:]) != native:
+            raise ConfigError(
+                f"model {self.spec.key!r} was built for {native[0]}x{native[1]} inputs, got "
+                f"{x.shape[-2]}x{x.shape[-1]}; build it with dynamic_img_size=True to interpolate "
+                "the position embedding"
+            )
+        return gh, gw
+
+    @torch.no_grad()
+    def forward_layers(
+        self, x: torch.Tensor, layers: Iterable[int]
+    ) -> tuple[PatchFeatures, PatchFeatures | None]:
+        """Normalised tokens of blocks ``layers`` (1-based) from one pass over ``x``.
+
+        ``x``: (B, 3, H, W), already normalised with ``spec.mean``/``spec.std``.
+        Returns ``patch[layer]`` (B, gh*gw, C) in row-major grid order, and
+        ``cls[layer]`` (B, C), or ``None`` for models without a CLS token.
+        Every token went through ``model.norm``.
+        """
+        self.check_input(x)
+        wanted = self.check_layers(layers)
+        if callable(getattr(self.model, "forward_intermediates", None)):
+            tokens = self._tokens_intermediates(x, wanted)
+        else:
+            tokens = self._tokens_hooks(x, wanted)
+        patch = {layer: t[:, self.num_prefix_tokens :] for layer, t in tokens.items()}
+        cls = {layer: t[:, 0] for layer, t in tokens.items()} if self.has_cls else None
+        return patch, cls
+
+    def forward(self, x: torch.Tensor, layers: Iterable[int]) -> tuple[PatchFeatures, PatchFeatures | None]:
+        return self.forward_layers(x, layers)
+
+    def _tokens_intermediates(self, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Full (prefix + patch) normalised sequences via timm's ``forward_intermediates``."""
+        outs = self.model.forward_intermediates(
+            x,
+            indices=[layer - 1 for layer in layers],
+            norm=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+            return_prefix_tokens=True,
+            stop_early=True,
+        )
+        tokens = {}
+        for layer, out in zip(layers, outs):
+            patch, prefix = out if isinstance(out, tuple) else (out, None)
+            tokens[layer] = patch if prefix is None else torch.cat([prefix, patch], dim=1)
+        return tokens
+
+    def _tokens_hooks(self, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Fallback for architectures without ``forward_intermediates``: hooks on the blocks."""
+        captured: dict[int, torch.Tensor] = {}
+        handles = [
+            self.model.blocks[layer - 1].register_forward_hook(
+                lambda _m, _in, out, layer=layer: captured.__setitem__(layer, out)
+            )
+            for layer in layers
+        ]
+        try:
+            self.model.forward_features(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {layer: self.model.norm(captured[layer]) for layer in layers}
+
+
+def build_extractor(
+    spec: ModelSpec, weights_dir: str | Path, device: str | torch.device = "cpu", *, dynamic_img_size: bool = False
+) -> FeatureExtractor:
+    """Ready-to-use extractor (eval mode, on ``device``) for ``spec``; never downloads."""
+    model = build_model(spec, weights_dir, dynamic_img_size=dynamic_img_size)
+    return FeatureExtractor(model, spec).to(device).eval()

@@ -1,0 +1,75 @@
+"""The workflow parses, validates and plans every job for both presets
+through Snakemake's Python API, without any dataset on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+from conftest import PROJECT
+
+
+def planned_jobs(configfiles: list[Path], targets: set[str], tmp_path: Path) -> dict[str, list[str]]:
+    """Dry-run ``targets`` and return {rule: [outputs...]} of the jobs Snakemake would run.
+
+    The working directory is a fresh temporary folder holding links to the
+    project files, so nothing exists yet and every job is planned.
+    """
+    for name in ("Snakefile", "rules", "scripts", "schemas", "config", "config.yaml", "envs"):
+        (tmp_path / name).symlink_to(PROJECT / name)
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(configfiles=[Path(p) for p in configfiles]),
+            snakefile=tmp_path / "Snakefile",
+            workdir=tmp_path,
+        )
+        dag_api = workflow_api.dag(DAGSettings(targets=targets))
+        dag_api.execute_workflow(executor="dryrun")
+        dag = dag_api.workflow_api._workflow.dag
+        jobs: dict[str, list[str]] = {}
+        for job in dag.needrun_jobs():
+            jobs.setdefault(job.rule.name, []).extend(str(f) for f in job.output)
+    return jobs
+
+
+def test_paper_dry_run_lists_every_subset_without_data(tmp_path):
+    jobs = planned_jobs([PROJECT / "config.yaml"], {"all"}, tmp_path)
+    manifests = sorted(jobs["select_subset"])
+    assert "results/paper/subsets/cityscapes/set8.csv" in manifests
+    assert "results/paper/subsets/ade20k/val.csv" in manifests
+    assert "results/paper/subsets/mot17/train.csv" in manifests
+    assert len(manifests) == 5 + 2 + 1 + 1 + 1 + 1 + 1
+    assert "generate_synthetic_dataset" not in jobs  # real data are never synthesised
+    assert all(path.startswith("results/paper/") for outs in jobs.values() for path in outs)
+
+
+def test_demo_dry_run_generates_its_data(tmp_path):
+    jobs = planned_jobs([PROJECT / "config" / "demo.yaml"], {"all"}, tmp_path)
+    assert sorted(jobs["generate_synthetic_dataset"]) == sorted(
+        f"results/demo/data/{d}" for d in ("cityscapes", "ade20k", "fair1m", "bdd100k", "mot17", "ucmerced", "resisc45")
+    )
+    assert all(path.startswith("results/demo/") for outs in jobs.values() for path in outs)
+
+
+def test_bad_key_stops_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"probes": {"knn_metrc": "dot"}}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(Exception, match="knn_metrc"):
+        planned_jobs([bad], {"all"}, run_dir)
+    assert not (run_dir / "results").exists()
+
+
+def test_unknown_model_stops_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"study_models": ["dino", "no_such_model"]}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(Exception, match="no_such_model"):
+        planned_jobs([bad], {"all"}, run_dir)
