@@ -16,6 +16,8 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/subsets.smk"
+include: "rules/weights.smk"
+include: "rules/features.smk"
 
 
 rule all:

@@ -48,4 +48,120 @@ def subset_manifests():
 
 
 def get_final_outputs():
-    return subset_manifests()
+    return [*subset_manifests(), *feature_files()]
+
+
+# --- models -----------------------------------------------------------------
+
+from vitlocal.models.registry import resolve as resolve_model
+from vitlocal.models.weights import weights_path
+
+WEIGHTS_DIR = config["weights_dir"]
+MODEL_KEYS = sorted(
+    {*config["study_models"], *config["retrieval_models"], *config["tracking_models"]}
+)
+MODEL_SPECS = {key: resolve_model(key, config["models"].get(key)) for key in MODEL_KEYS}
+
+
+wildcard_constraints:
+    model="|".join(MODEL_KEYS) or "NO_MODEL",
+    variant=r"clean|full|[a-z]+-[0-9.]+",
+
+
+def model_overrides(key):
+    return config["models"].get(key)
+
+
+def weights_file(key):
+    """The checkpoint a model needs, or None for seeded random weights."""
+    spec = MODEL_SPECS[key]
+    return None if spec.weights == "random" else str(weights_path(spec, WEIGHTS_DIR))
+
+
+def weights_files():
+    return [path for path in map(weights_file, MODEL_KEYS) if path]
+
+
+def get_weights_input(wildcards):
+    path = weights_file(wildcards.model)
+    return {"weights": path} if path else {}
+
+
+# --- feature files ----------------------------------------------------------
+
+
+def fmt(value):
+    """Numbers as they appear in variant names: 4, 0.9, 12.5."""
+    return f"{value:g}"
+
+
+def degradation_variants():
+    deg = config["degradations"]
+    return (
+        [f"blur-{fmt(k)}" for k in deg["blur_kernels"]]
+        + [f"noise-{fmt(s)}" for s in deg["noise_sigmas"]]
+        + [f"freqnoise-{i}" for i in range(1, len(deg["frequency_bands"]) + 1)]
+    )
+
+
+def transform_variants():
+    tr = config["transforms"]
+    return (
+        [f"shift-{fmt(d)}" for d in tr["shifts"]]
+        + [f"rotate-{fmt(a)}" for a in tr["rotations"]]
+        + [f"scale-{fmt(s)}" for s in tr["scales"]]
+    )
+
+
+def is_layerwise_file(dataset, subset, variant):
+    """Fig 2 needs every layer of the main Cityscapes split; all else uses the last block."""
+    main = config["subsets"]["cityscapes"]["main_train_set"]
+    return dataset == "cityscapes" and subset in (main, "val") and variant == "clean"
+
+
+def layers_for(wildcards):
+    depth = MODEL_SPECS[wildcards.model].depth
+    if is_layerwise_file(wildcards.dataset, wildcards.subset, wildcards.variant):
+        return sorted({layer for layer in config["extraction"]["layers"] if layer <= depth} | {depth})
+    return [depth]
+
+
+def feature_file(dataset, subset, model, variant="clean"):
+    return f"{RESULTS}/features/{dataset}/{subset}/{model}/{variant}.parquet"
+
+
+def feature_files():
+    """Every feature file the configured experiments read."""
+    files = []
+    cs = config["subsets"]["cityscapes"]
+    for model in config["study_models"]:
+        if "cityscapes" in DATASETS:
+            files += [feature_file("cityscapes", s, model) for s in cs["train_sets"]]
+            files += [feature_file("cityscapes", "val", model, v) for v in ["clean", *degradation_variants()]]
+        if "ade20k" in DATASETS:
+            files += [feature_file("ade20k", s, model) for s in ("train", "val")]
+    if "fair1m" in DATASETS:
+        split = config["subsets"]["fair1m"]["split"]
+        for model in config["retrieval_models"]:
+            files += [
+                feature_file("fair1m", split, model, v)
+                for v in ["clean", *transform_variants(), *degradation_variants()]
+            ]
+    for model in config["tracking_models"]:
+        if "bdd100k" in DATASETS:
+            split = config["subsets"]["bdd100k"]["split"]
+            files += [feature_file("bdd100k", split, model, v) for v in ("clean", "full")]
+        if "mot17" in DATASETS:
+            files += [feature_file("mot17", config["subsets"]["mot17"]["split"], model)]
+        if "cityscapes" in DATASETS and model in config["study_models"]:
+            main = cs["main_train_set"]
+            files += [feature_file("cityscapes", s, model, "full") for s in (main, "val")]
+    return files
+
+
+def get_extract_input(wildcards):
+    return {
+        "manifest": f"{RESULTS}/subsets/{wildcards.dataset}/{wildcards.subset}.csv",
+        **get_dataset_input(wildcards),
+        **get_weights_input(wildcards),
+    }

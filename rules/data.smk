@@ -12,6 +12,8 @@ rule generate_synthetic_dataset:
         f"{LOGS}/data/generate_synthetic_dataset/{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/data/generate_synthetic_dataset/{{dataset}}.tsv"
+    conda:
+        "../envs/data.yaml"
     script:
         "../scripts/generate_synthetic_dataset.py"
 

@@ -13,6 +13,8 @@ rule select_subset:
         seed=config["seed"],
     log:
         f"{LOGS}/subsets/{{dataset}}/{{subset}}.log",
+    conda:
+        "../envs/data.yaml"
     script:
         "../scripts/select_subset.py"
 

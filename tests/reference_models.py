@@ -273,8 +273,11 @@ class ScaleMAE(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
         self.mask_token_decoder = nn.Parameter(torch.zeros(1, 1, dec_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dec_dim), requires_grad=False)
-        self.fpn = nn.Sequential(nn.ConvTranspose2d(dec_dim, dec_dim, 2, 2), nn.BatchNorm2d(dec_dim))
-        self.fcn = nn.Sequential(nn.Conv2d(dec_dim, 32, 3, padding=1), nn.BatchNorm2d(32), nn.Conv2d(32, 3, 1))
+        # release file: FPNHead keys under 'fpn.fpn', independent FCN heads 'fcn_high' / 'fcn_low'
+        self.fpn = nn.Module()
+        self.fpn.fpn = nn.Sequential(nn.ConvTranspose2d(dec_dim, dec_dim, 2, 2), nn.BatchNorm2d(dec_dim))
+        self.fcn_high = nn.Sequential(nn.Conv2d(dec_dim, 32, 3, padding=1), nn.BatchNorm2d(32), nn.Conv2d(32, 3, 1))
+        self.fcn_low = nn.Sequential(nn.Conv2d(dec_dim, 32, 3, padding=1), nn.BatchNorm2d(32), nn.Conv2d(32, 3, 1))
         self.decoder_blocks = nn.ModuleList([Block(dec_dim, dec_heads) for _ in range(dec_depth)])
         self.decoder_norm = nn.LayerNorm(dec_dim, eps=EPS)
 

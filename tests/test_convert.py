@@ -256,7 +256,8 @@ def test_shape_mismatch_and_bad_wrapper_are_reported():
     official = ref.MAE(**TINY, **MAE_DEC)
     model = timm.create_model("mae_vit_base_patch16_dec512d8b", **TINY_TIMM, decoder_embed_dim=64,
                               decoder_depth=1, decoder_num_heads=4)
-    with pytest.raises(CorruptFileError, match=r"19 shape mismatches.*decoder_blocks\.0\.attn\.proj\.bias: checkpoint \(32,\) vs model \(64,\)"):
+    expected = r"19 shape mismatches.*decoder_blocks\.0\.attn\.proj\.bias: checkpoint \(32,\) vs model \(64,\)"
+    with pytest.raises(CorruptFileError, match=expected):
         CONVERTERS["mae_decoder"]({"model": official.state_dict()}, model)
     with pytest.raises(CorruptFileError, match="wrapped under"):
         CONVERTERS["mae_decoder"]({"optimizer": {}, "epoch": 3}, model)

@@ -191,13 +191,14 @@ def test_select_crops_greedy(root):
     assert list(manifest.columns) == fair1m.MANIFEST_COLUMNS
     assert manifest["sample_id"].is_unique and not manifest.duplicated(["image_path", "x0", "y0"]).any()
     messages = [str(w.message) for w in caught if issubclass(w.category, fair1m.FewCropsWarning)]
-    short = dict(re.fullmatch(r"(.+) \((\d) of 2\)", item).groups() for m in messages for item in m.split("left for ")[1].split(", "))
+    items = [item for m in messages for item in m.split("left for ")[1].split(", ")]
+    short = dict(re.fullmatch(r"(.+) \((\d) of 2\)", item).groups() for item in items)
     counts = manifest["selected_for"].value_counts()
     for c, name in enumerate(fair1m.CLASSES):
         assert counts.get(c, 0) == int(short.get(name, 2)), name
     assert len(manifest) > 37  # most classes got both crops
     for row in manifest.to_dict("records"):
-        classes = {int(v) for v in row["classes"].split(";")}
+        classes = set(fair1m.parse_classes(row["classes"]))
         assert classes == _present_by_rule(root, row)
         assert row["selected_for"] in classes
         w, h = Image.open(root / row["image_path"]).size
@@ -207,6 +208,12 @@ def test_select_crops_greedy(root):
     pd.testing.assert_frame_equal(manifest, again)
     other = fair1m.select_crops(root, per_class=2, crop_size=128, seed=1)
     assert set(other["sample_id"]) != set(manifest["sample_id"])
+
+
+def test_parse_classes():
+    assert fair1m.parse_classes("3;17") == [3, 17] and fair1m.parse_classes(5) == [5]
+    with pytest.raises(ConfigError, match="'3,17'"):
+        fair1m.parse_classes("3,17")
 
 
 def test_greedy_select_takes_what_exists_and_warns():
@@ -295,7 +302,8 @@ def test_unknown_class_and_corrupt_xml(tmp_path):
     broken = _write_xml(tmp_path / "c.xml", XML[: len(XML) // 2])
     with pytest.raises(CorruptFileError, match=r"c\.xml"):
         fair1m.read_objects(broken)
-    three = _write_xml(tmp_path / "p.xml", re.sub(r"<point>10\.5,40\.125</point>\s*<point>10\.5,20\.25</point>", "", XML))
+    last_two = r"<point>10\.5,40\.125</point>\s*<point>10\.5,20\.25</point>"
+    three = _write_xml(tmp_path / "p.xml", re.sub(last_two, "", XML))
     with pytest.raises(CorruptFileError, match=r"p\.xml: object 0: 3 points"):
         fair1m.read_objects(three)
     nonnumeric = _write_xml(tmp_path / "n.xml", XML.replace("110.0,20.25", "110.0;20.25"))
@@ -304,6 +312,7 @@ def test_unknown_class_and_corrupt_xml(tmp_path):
 
 
 def test_crop_outside_image_is_reported(root):
-    row = {"image_path": "validation/images/0.tif", "xml_path": "validation/labelXml/0.xml", "x0": 512, "y0": 0, "crop_size": 128}
+    row = {"image_path": "validation/images/0.tif", "xml_path": "validation/labelXml/0.xml"}
+    row.update(x0=512, y0=0, crop_size=128)
     with pytest.raises(CorruptFileError, match=r"validation/images/0\.tif .*x0=512"):
         fair1m.read_sample(root, row)

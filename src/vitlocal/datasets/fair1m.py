@@ -117,6 +117,7 @@ def _part_dirs(root: Path, split: str) -> list[tuple[str, ...]]:
 
 
 def _xml_for(root: Path, part: tuple[str, ...], stem: str) -> str:
+    """The XML of image ``stem`` (relative path), looked up under both folder spellings."""
     for dirname in XML_DIRNAMES:
         rel = "/".join((*part, dirname, f"{stem}.xml"))
         if (root / rel).is_file():

@@ -59,9 +59,18 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    "simmim_vit_base_patch16_224.simmim_800ep": _cfg(),
-    "scalemae_vit_large_patch16.fmow_800ep": _cfg(),
-    "mae_vit_base_patch16_dec512d8b.visualize": _cfg(),
+    "simmim_vit_base_patch16_224.simmim_800ep": _cfg(
+        origin_url="https://github.com/microsoft/SimMIM", paper_ids="arXiv:2111.09886",
+        notes=("simmim_pretrain__vit_base__img224__800ep.pth",),
+    ),
+    "scalemae_vit_large_patch16.fmow_800ep": _cfg(
+        origin_url="https://github.com/bair-climate-initiative/scale-mae", paper_ids="arXiv:2212.14532",
+        notes=("scalemae-vitlarge-800.pth (release base-800)",),
+    ),
+    "mae_vit_base_patch16_dec512d8b.visualize": _cfg(
+        origin_url="https://github.com/facebookresearch/mae", paper_ids="arXiv:2111.06377",
+        notes=("mae_visualize_vit_base.pth, trained without norm_pix_loss",),
+    ),
 })
 
 

@@ -31,37 +31,35 @@ def build_model(spec: ModelSpec, weights_dir: str | Path, *, dynamic_img_size: b
     the input's patch grid at run time (whole-frame experiments); at the native
     size it changes nothing.
     """
-    import timm
-
     register_custom_archs()
     kwargs = dict(spec.model_kwargs)
     if dynamic_img_size:
         kwargs["dynamic_img_size"] = True
-    try:
-        if spec.weights == "random":
-            model = _random_model(spec, kwargs)
-        elif spec.checkpoint_format == "timm":
-            path = ensure_weights(spec, weights_dir)
-            # pretrained=True with a local file runs timm's own checkpoint filter
-            # (e.g. resampling DINOv2's 37x37 position embedding to 16x16) and a strict load.
-            model = timm.create_model(
-                spec.pretrained_tag or spec.arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-            )
-        else:
-            model = timm.create_model(spec.arch, pretrained=False, **kwargs)
-            model.load_state_dict(_converted_state_dict(spec, ensure_weights(spec, weights_dir), model), strict=True)
-    except TypeError as err:
-        raise ConfigError(f"model {spec.key!r}: arch {spec.arch!r} rejects model kwargs {kwargs}: {err}") from err
+    if spec.weights == "random":
+        with torch.random.fork_rng(devices=[]):  # seeded init, global RNG state untouched
+            torch.manual_seed(spec.seed)
+            model = _create(spec, spec.arch, kwargs, pretrained=False)
+    elif spec.checkpoint_format == "timm":
+        # pretrained=True with a local file runs timm's own checkpoint filter
+        # (e.g. resampling DINOv2's 37x37 position embedding to 16x16) and a strict load.
+        path = ensure_weights(spec, weights_dir)
+        model = _create(
+            spec, spec.pretrained_tag or spec.arch, kwargs, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
+        )
+    else:
+        path = ensure_weights(spec, weights_dir)
+        model = _create(spec, spec.arch, kwargs, pretrained=False)
+        model.load_state_dict(_converted_state_dict(spec, path, model), strict=True)
     return model.eval()
 
 
-def _random_model(spec: ModelSpec, kwargs: Mapping[str, Any]) -> nn.Module:
-    """Build with timm's init under ``spec.seed``, leaving the global RNG state untouched."""
+def _create(spec: ModelSpec, name: str, kwargs: Mapping[str, Any], **load: Any) -> nn.Module:
     import timm
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        return timm.create_model(spec.arch, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, **load, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model {spec.key!r}: arch {spec.arch!r} rejects model kwargs {dict(kwargs)}: {err}") from err
 
 
 def read_checkpoint(path: Path) -> Any:
@@ -80,7 +78,7 @@ def read_checkpoint(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+    except Exception as err:  # a broken pickle can fail with almost any exception type
         raise CorruptFileError(f"cannot read checkpoint {path}: {err}") from err
 
 

@@ -347,9 +347,10 @@ def resolve(key: str, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
 
     ``model_kwargs`` overrides are merged into the built-in's (``None`` drops a
     key). A new ``arch`` or new ``model_kwargs`` re-derive the architecture
-    facts; a new ``arch`` with hub weights also re-derives the pretrained tag
-    (timm's default for the arch unless ``arch`` carries one), hub id and
-    normalisation, unless those are given explicitly.
+    facts; a new ``arch`` or ``pretrained_tag`` with hub weights re-derives the
+    tag (timm's default for the arch unless ``arch`` carries one), hub id and
+    normalisation; a new weights source re-derives ``hf_hub_id`` and
+    ``filename``; fields given explicitly always win.
     """
     values = _normalise_overrides(key, overrides)
     base = MODELS.get(key)
@@ -366,12 +367,14 @@ def resolve(key: str, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
     if "arch" in values and "." in values["arch"]:
         values.setdefault("pretrained_tag", values["arch"])
         values["arch"] = values["arch"].split(".", 1)[0]
-    if new_arch:  # the built-in's hub source and description describe its old arch
-        fields.update(pretrained_tag=None, hf_hub_id=None, description=f"{key!r} with arch {values['arch']!r}")
+    if new_arch:  # the built-in's tag and description describe its old arch
+        fields.update(pretrained_tag=None, description=f"{key!r} with arch {values['arch']!r}")
+    if values.keys() & {"arch", "pretrained_tag", "weights", "url"}:  # re-derive from the new source
+        fields.update(hf_hub_id=None, filename=None)
     fields.update(values)
     if new_arch or user_kwargs is not None:
         fields.update(describe_arch(fields["arch"], fields["model_kwargs"]))
-    if new_arch and fields.get("weights", "timm") == "timm":
+    if fields.get("weights", "timm") == "timm" and (new_arch or "pretrained_tag" in values):
         source = _timm_source(fields["pretrained_tag"] or fields["arch"])
         fields.update({name: v for name, v in source.items() if name not in values})
     for name, wanted in checks.items():

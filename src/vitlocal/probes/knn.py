@@ -48,18 +48,26 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def shared_tensor(x: ArrayLike) -> torch.Tensor:
+    """``x`` as a tensor sharing its memory; read-only arrays (memory maps, Arrow
+    buffers) are accepted without torch's warning because they are never written."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(x)
+
+
 def auto_block_size(dim: int, k: int, device: torch.device) -> int:
     """Rows per query/gallery block so that one step fits the memory budget.
 
-    One step holds a ``b x b`` score matrix (float32) plus, for ``k > 1``, a
-    mask and an int32 cumulative count of the same shape, and two ``b x dim``
-    feature blocks.
+    One step holds a ``b x b`` score matrix (float32) plus, for ``k > 1``,
+    boolean masks and an int32 cumulative count of the same shape, and two
+    ``b x dim`` feature blocks.
     """
     budget = CPU_BUDGET_BYTES
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = min(GPU_BUDGET_BYTES, free // 2)
-    per_pair = 4 if k == 1 else 4 + 1 + 1 + 4
+    per_pair = 4 if k == 1 else 4 + 4 + 6  # scores, int32 cumsum, ~6 boolean masks
     # b^2 * per_pair + 2 * b * dim * 4 <= budget, solved for b.
     b = (-8 * dim + math.sqrt((8 * dim) ** 2 + 4 * per_pair * budget)) / (2 * per_pair)
     return max(256, int(b) // 256 * 256)
@@ -102,7 +110,7 @@ def nearest_neighbors(
 
     n_query = query_x.shape[0]
     indices = np.empty((n_query, k), dtype=np.int64)
-    scores = np.empty((n_query, k), dtype=np.float32)
+    scores = np.empty((n_query, k), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
     with torch.inference_mode():
         for q0 in range(0, n_query, block_size):
             q = _to_block(query_x, q0, q0 + block_size, dev, dtype, metric)
@@ -164,11 +172,7 @@ def _to_block(
     x: ArrayLike, start: int, stop: int, device: torch.device, dtype: torch.dtype, metric: str
 ) -> torch.Tensor:
     """Rows ``start:stop`` as a ``dtype`` tensor on ``device`` (normalised for cosine)."""
-    with warnings.catch_warnings():
-        # Read-only inputs (memory maps, Arrow buffers) are shared, never written.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        block = torch.as_tensor(x[start:stop])
-    block = block.to(device=device, dtype=dtype)
+    block = shared_tensor(x[start:stop]).to(device=device, dtype=dtype)
     if not torch.isfinite(block).all():
         raise ValueError(f"features in rows {start}..{stop - 1} contain NaN or inf")
     if metric == "cosine":

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vitlocal.errors import LabelError
-from vitlocal.probes.knn import resolve_device
+from vitlocal.probes.knn import resolve_device, shared_tensor
 from vitlocal.probes.metrics import confusion_matrix, mean_iou
 
 IGNORE_INDEX = 255
@@ -54,7 +54,7 @@ class LinearProbe(nn.Module):
 
 def train_linear_probe(
     x: np.ndarray | torch.Tensor,
-    y: np.ndarray | torch.Tensor,
+    y: np.ndarray,
     num_classes: int,
     *,
     batchnorm: bool = False,
@@ -89,7 +89,7 @@ def train_linear_probe(
         raise ValueError(f"only {len(labelled)} labelled rows; need at least 2 to train")
     train_rows, val_rows = _split(labelled, val_fraction, groups, gen)
 
-    features = torch.as_tensor(x).to(dev)
+    features = shared_tensor(x).to(dev)
     targets = torch.as_tensor(np.asarray(y), dtype=torch.int64).to(dev)
     probe = LinearProbe(features.shape[1], num_classes, batchnorm).to(dev)
     opt = _make_optimizer(optimizer, probe, lr, weight_decay)
@@ -154,12 +154,12 @@ def predict(
     dev = next(probe.parameters()).device
     out = np.empty(len(x), dtype=np.int64)
     for start in range(0, len(x), batch_size):
-        block = torch.as_tensor(x[start : start + batch_size]).to(dev).float()
+        block = shared_tensor(x[start : start + batch_size]).to(dev).float()
         out[start : start + len(block)] = probe(block).argmax(dim=1).cpu().numpy()
     return out
 
 
-def _labelled_rows(y: np.ndarray | torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+def _labelled_rows(y: np.ndarray, num_classes: int, ignore_index: int) -> torch.Tensor:
     """Indices of rows whose label is a class (not ``ignore_index``); other values raise."""
     y = np.asarray(y)
     if y.ndim != 1:

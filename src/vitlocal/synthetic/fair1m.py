@@ -168,7 +168,9 @@ def _place(
     return [(name, box) for name, box, _ in placed]
 
 
-def _xml(filename: str, origin: str, w: int, h: int, depth: int, objects: list[np.ndarray], names: list[str]) -> ET.ElementTree:
+def _xml(
+    filename: str, origin: str, w: int, h: int, depth: int, objects: list[np.ndarray], names: list[str]
+) -> ET.ElementTree:
     """An annotation in the FAIR1M schema (5 points: the 4 corners and the first repeated)."""
     ann = ET.Element("annotation")
     source = ET.SubElement(ann, "source")

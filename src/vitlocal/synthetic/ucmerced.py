@@ -1,7 +1,7 @@
 """Seeded synthetic UC Merced, and the class-folder scene writer shared with RESISC45.
 
-Each class gets its own hue, grain and stripe orientation/period (spread over
-the class list so neighbours differ), with per-image jitter in brightness and
+Each class gets its own hue, saturation, brightness, grain and stripe
+orientation/period (cycled with different periods so neighbours differ), with per-image jitter in brightness and
 stripe phase, so a k-NN classifier has something to learn. Like the real set,
 a few UC Merced images are not 256x256: every 10th image written (counting
 across classes, from the 8th) gets one of ``ODD_SIZES``. Content is for
@@ -30,8 +30,10 @@ def scene_image(class_index: int, n_classes: int, size: tuple[int, int], rng: np
     """An ``(h, w, 3)`` uint8 scene of class ``class_index``: class colour + class stripes, jittered."""
     h, w = size
     hue = class_index / n_classes
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.55, 0.45 + 0.3 * ((class_index * 7) % 5) / 4)
-    jitter = rng.normal(0.0, 8.0, size=3)
+    saturation = 0.3 + 0.25 * (class_index % 3)
+    value = 0.4 + 0.4 * ((class_index * 2) % 5) / 4
+    r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
+    jitter = rng.normal(0.0, 5.0, size=3)
     base = tuple(int(np.clip(255 * c + j, 0, 255)) for c, j in zip((r, g, b), jitter))
     return texture(
         h,

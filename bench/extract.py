@@ -1,0 +1,305 @@
+"""Extraction benchmark: is the pipeline model-bound, and is reading features fast?
+
+Measures on this machine, in one run, with synthetic PNGs (no dataset needed):
+
+1. model-only forward throughput on random tensors (all 12 layers requested);
+2. end-to-end throughput (decode PNG -> tile -> preprocess -> forward ->
+   write Parquet) for the same model and tile count, and the ratio of the two
+   (target >= 0.8 on CPU);
+3. feature-file read throughput vs ``np.load`` of the same arrays (target >= 0.5);
+4. peak RSS of an end-to-end run on N and 2N images (memory must not grow);
+5. the storage-layout comparison that chose the file format
+   (``docs/feature_format.md``).
+
+Run ``python bench/extract.py --quick`` (ViT-B/16, few images) or
+``--model tiny``; prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from vitlocal.features.engine import ImageTiles, default_autocast, extract
+from vitlocal.features.store import FeatureWriter, read_features
+from vitlocal.io import read_rgb, write_png
+from vitlocal.models.extractor import build_extractor
+from vitlocal.models.registry import ModelSpec, demo_variant, resolve
+from vitlocal.synthetic.textures import texture
+from vitlocal.tiling import TilingSpec, preprocess_tiles, tile_image
+
+TILING = TilingSpec(None, 2, 4)  # 512x1024 -> 8 tiles of 256 -> 224, the Cityscapes tile path
+IMAGE_HW = (512, 1024)
+ATTRS = {
+    "variant": "clean",
+    "dataset": "synthetic",
+    "split": "bench",
+    "preset": "bench",
+    "patch_labels": "nearest_exact",
+    "seed": 0,
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    spec: ModelSpec
+    device: str
+    batch_size: int
+    num_workers: int
+
+
+def model_spec(name: str) -> ModelSpec:
+    """ViT-B/16 with random weights (the cost of every ViT-B in the study), or its tiny stand-in."""
+    base = resolve("dino", {"weights": "random"})
+    return demo_variant(base) if name == "tiny" else base
+
+
+def write_pngs(root: Path, n: int, seed: int = 0) -> list[Path]:
+    """``n`` random-texture PNGs of ``IMAGE_HW`` (textures compress like photos, unlike white noise)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        rgb = tuple(int(v) for v in rng.integers(40, 216, 3))
+        image = texture(*IMAGE_HW, rgb, rng, cell=float(rng.uniform(4, 32)), amplitude=60.0)
+        paths.append(root / f"img{i:04d}.png")
+        write_png(paths[-1], image)
+    return paths
+
+
+class PngTiles(Dataset):
+    """Tile source over PNG files: decode once, cut into tiles, all-ignore labels."""
+
+    def __init__(self, paths: list[Path], grid: tuple[int, int]) -> None:
+        self.paths, self.grid = paths, grid
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> ImageTiles:
+        image = read_rgb(self.paths[i])
+        tiles = tile_image(image, TILING)
+        labels = np.full((len(tiles), *self.grid), 255, np.uint8)
+        return ImageTiles(self.paths[i].stem, tiles, labels, image.shape[:2])
+
+
+def model_only(setup: Setup, n_tiles: int) -> float:
+    """Seconds to run ``n_tiles`` random tiles through the model in batches (after one warm-up batch)."""
+    model = build_extractor(setup.spec, "unused-random-weights", setup.device)
+    layers = list(range(1, setup.spec.depth + 1))
+    x = torch.randn(setup.batch_size, 3, setup.spec.input_size, setup.spec.input_size)
+    amp_dtype = default_autocast(torch.device(setup.device))
+
+    def step(batch: torch.Tensor) -> None:
+        amp = torch.autocast(setup.device, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        with torch.inference_mode(), amp:
+            patch, _ = model.forward_layers(batch.to(setup.device), layers)
+            for t in patch.values():
+                t.float().cpu()
+
+    step(x)
+    start = time.perf_counter()
+    for i in range(0, n_tiles, setup.batch_size):
+        step(x[: min(setup.batch_size, n_tiles - i)])
+    if setup.device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def end_to_end(setup: Setup, paths: list[Path], out: Path, row_group_mb: float = 128) -> float:
+    """Seconds for the full pipeline over ``paths`` into ``out`` (file committed)."""
+    spec = setup.spec
+    model = build_extractor(spec, "unused-random-weights", setup.device)
+    attrs = {**ATTRS, "model": spec.key, "arch": spec.arch, "weights": spec.weights_label}
+    start = time.perf_counter()
+    with FeatureWriter(out, attrs, row_group_mb=row_group_mb) as writer:
+        extract(
+            PngTiles(paths, spec.grid),
+            model.forward_layers,
+            preprocess=preprocess_tiles,
+            layers=list(range(1, spec.depth + 1)),
+            mean=spec.mean,
+            std=spec.std,
+            out_size=spec.input_size,
+            grid=spec.grid,
+            writer=writer,
+            batch_size=setup.batch_size,
+            device=setup.device,
+            num_workers=setup.num_workers,
+            progress=False,
+        )
+    return time.perf_counter() - start
+
+
+def end_to_end_warm(setup: Setup, paths: list[Path], out: Path) -> float:
+    """End-to-end on one image first so both timings exclude one-off start-up costs."""
+    end_to_end(setup, paths[:1], out)
+    return end_to_end(setup, paths, out)
+
+
+def best_of(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def touch(arrays) -> float:
+    """Read one value per 4 KB page so lazily mapped data is really loaded."""
+    return float(sum(a.reshape(-1)[:: 4096 // a.itemsize].astype(np.float32).sum() for a in arrays))
+
+
+def read_vs_npload(path: Path, tmp: Path) -> tuple[float, float, int]:
+    """Best-of-5 seconds: ``read_features`` of all layers vs ``np.load`` of the same arrays."""
+    _, arrays = read_features(path)
+    npys = []
+    for layer, values in arrays.items():
+        npys.append(tmp / f"layer{layer}.npy")
+        np.save(npys[-1], values)
+    t_parquet = best_of(lambda: touch(read_features(path)[1].values()))
+    t_npy = best_of(lambda: touch([np.load(p) for p in npys]))
+    return t_parquet, t_npy, sum(a.nbytes for a in arrays.values())
+
+
+def _rss_child(setup: Setup, paths: list[Path], out: Path, row_group_mb: float) -> int:
+    end_to_end(setup, paths, out, row_group_mb)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def peak_rss_mb(setup: Setup, paths: list[Path], out: Path, row_group_mb: float) -> float:
+    """Peak RSS of a fresh process running the pipeline (workers excluded: they do not hold features)."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_rss_child, (setup, paths, out, row_group_mb)) / 1024
+
+
+# ---- storage layouts -------------------------------------------------------
+
+
+def _fsl(x: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
+def _blob(x: np.ndarray) -> pa.Array:
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(x.shape[1] * x.itemsize), len(x), [None, pa.py_buffer(x)])
+
+
+def _read_column(path: Path, x: np.ndarray, blob: bool) -> np.ndarray:
+    pf = pq.ParquetFile(path, memory_map=True)
+    out, start = np.empty_like(x), 0
+    for group in range(pf.num_row_groups):
+        chunk = pf.read_row_group(group, columns=["e"]).column("e").combine_chunks()
+        if blob:
+            flat = np.frombuffer(chunk.buffers()[1], x.dtype, len(chunk) * x.shape[1], chunk.offset * x.shape[1] * x.itemsize)
+        else:
+            flat = chunk.values.to_numpy(zero_copy_only=False)
+        out[start : start + len(chunk)] = flat.reshape(-1, x.shape[1])
+        start += len(chunk)
+    return out
+
+
+def layout_table(n_rows: int, tmp: Path, dim: int = 768, seed: int = 0) -> list[tuple[str, float, float, float]]:
+    """(layout, write s, size MB, read s) for one float16 (n_rows, dim) layer, row groups of 128 MB."""
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.1, 3.0, dim).astype(np.float32)  # per-dimension spread, like real features
+    x = (rng.standard_normal((n_rows, dim), dtype=np.float32) * scale).astype(np.float16)
+    rows_per_group = (128 << 20) // (dim * 2)
+    results = []
+
+    def parquet(name: str, array: pa.Array, compression: str, blob: bool) -> None:
+        path = tmp / "layout.parquet"
+        write = lambda: pq.write_table(  # noqa: E731
+            pa.table({"e": array}), path, compression=compression, use_dictionary=False,
+            write_statistics=False, row_group_size=rows_per_group,
+        )
+        t_write = best_of(write, 2)
+        t_read = best_of(lambda: touch([_read_column(path, x, blob)]))
+        assert np.array_equal(_read_column(path, x, blob), x)
+        results.append((name, t_write, path.stat().st_size / 1e6, t_read))
+
+    npy = tmp / "layout.npy"
+    results.append(("npy (np.save / np.load)", best_of(lambda: np.save(npy, x), 2), npy.stat().st_size / 1e6,
+                    best_of(lambda: touch([np.load(npy)]))))
+    parquet("fixed_size_binary blob, uncompressed (chosen)", _blob(x), "none", True)
+    parquet("fixed_size_binary blob, zstd", _blob(x), "zstd", True)
+    parquet("fixed_size_list<float16>, uncompressed", _fsl(x), "none", False)
+    parquet("fixed_size_list<float16>, zstd", _fsl(x), "zstd", False)
+    if n_rows <= 20_000:  # thousands of columns: only feasible on small arrays
+        path = tmp / "columns.parquet"
+        table = lambda: pa.table({f"d{j}": x[:, j] for j in range(dim)})  # noqa: E731
+        t_write = best_of(lambda: pq.write_table(table(), path, compression="zstd", use_dictionary=False), 1)
+        t_read = best_of(lambda: touch([np.stack([c.to_numpy() for c in pq.read_table(path).columns], axis=1)]), 2)
+        results.append(("column per dimension, zstd", t_write, path.stat().st_size / 1e6, t_read))
+    return results
+
+
+# ---- report ----------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}){gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few images (4 + 8 for the RSS runs)")
+    parser.add_argument("--model", choices=["vitb", "tiny"], default="vitb")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--images", type=int, help="images for the throughput runs (default 4 quick, 32 full)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 2) // 2)))
+    parser.add_argument("--layout-rows", type=int, help="rows of the layout comparison (default 20k quick, 200k full)")
+    args = parser.parse_args()
+    n_images = args.images or (4 if args.quick else 32)
+    layout_rows = args.layout_rows or (20_000 if args.quick else 200_000)
+    setup = Setup(model_spec(args.model), args.device, args.batch_size, args.workers)
+    tiles_per_image = TILING.n_tiles
+
+    with tempfile.TemporaryDirectory(prefix="vitlocal-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        paths = write_pngs(tmp / "png", 2 * max(n_images, 4))
+        n_tiles = n_images * tiles_per_image
+        t_model = model_only(setup, n_tiles)
+        t_e2e = end_to_end_warm(setup, paths[:n_images], tmp / "features.parquet")
+        t_read, t_npy, n_bytes = read_vs_npload(tmp / "features.parquet", tmp)
+        rss_n = max(4, n_images // 2)
+        rss = [peak_rss_mb(setup, paths[:k], tmp / f"rss{k}.parquet", 8) for k in (rss_n, 2 * rss_n)]
+        layouts = layout_table(layout_rows, tmp)
+
+    print(f"## Extraction benchmark\n\n{machine()}\n")
+    print(f"model {setup.spec.key} ({setup.spec.arch}, width {setup.spec.embed_dim}, {setup.spec.weights_label}), "
+          f"device {setup.device}, batch {setup.batch_size}, {setup.num_workers} loader workers, "
+          f"{n_images} images of {IMAGE_HW[0]}x{IMAGE_HW[1]} -> {n_tiles} tiles, all {setup.spec.depth} layers, float16\n")
+    print("| measure | value |\n|---|---|")
+    print(f"| model-only | {n_tiles / t_model:.1f} tiles/s ({n_tiles / t_model / tiles_per_image:.2f} images/s) |")
+    print(f"| end-to-end (PNG -> Parquet) | {n_tiles / t_e2e:.1f} tiles/s ({n_images / t_e2e:.2f} images/s) |")
+    print(f"| end-to-end / model-only | {t_model / t_e2e:.2f} (target >= 0.8) |")
+    print(f"| read_features (all layers, {n_bytes / 1e6:.0f} MB) | {n_bytes / t_read / 1e9:.2f} GB/s |")
+    print(f"| np.load of the same arrays | {n_bytes / t_npy / 1e9:.2f} GB/s |")
+    print(f"| read / np.load | {t_npy / t_read:.2f} (target >= 0.5) |")
+    print(f"| peak RSS, {rss_n} / {2 * rss_n} images (8 MB row groups) | {rss[0]:.0f} / {rss[1]:.0f} MB |")
+    print(f"\n### Storage layouts: one float16 layer ({layout_rows} x 768), 128 MB row groups, best of 5\n")
+    print("| layout | write s | size MB | read s | read vs np.load |\n|---|---|---|---|---|")
+    base = layouts[0][3]
+    for name, t_write, size, t_read_layout in layouts:
+        print(f"| {name} | {t_write:.3f} | {size:.1f} | {t_read_layout:.3f} | {base / t_read_layout:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Manifest -> feature file: the one call the extraction rule makes.
+
+:func:`extract_features` validates everything that can be checked without a
+model (dataset, variant, layers, dtypes), resolves the model spec, builds the
+tile source and the extractor, runs the engine and commits the Parquet file
+atomically with a provenance record (``store.read_attrs``) naming the model,
+its weights, the data and every setting that changes the numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from vitlocal import __version__
+from vitlocal.errors import ConfigError
+from vitlocal.features.degrade import FREQUENCY_BANDS, FREQUENCY_NOISE_SIGMA
+from vitlocal.features.engine import ExtractStats, extract
+from vitlocal.features.sources import FULL, DegradeSettings, TileSource, base_tiling, make_source, split_variant
+from vitlocal.features.store import FeatureWriter
+from vitlocal.models.extractor import build_extractor
+from vitlocal.models.registry import ModelSpec, resolve
+from vitlocal.subsets import read_manifest
+from vitlocal.tiling import TilingSpec, preprocess_tiles
+
+log = logging.getLogger(__name__)
+
+AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16, "none": None}
+DATA_SOURCES = ("official", "synthetic")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"device {device!r}: {err}; expected 'auto', 'cpu', 'cuda' or 'cuda:<n>'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device (use 'auto' or 'cpu')")
+    return resolved
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The CUDA autocast dtype named ``name``; none on CPU (the config says: ignored there)."""
+    if name not in AUTOCAST:
+        raise ConfigError(f"autocast {name!r}; expected one of {sorted(AUTOCAST)}")
+    return AUTOCAST[name] if device.type == "cuda" else None
+
+
+def check_layers(layers: Sequence[int], spec: ModelSpec) -> list[int]:
+    """Sorted unique 1-based block indices, or an error naming the layer, the model and its depth.
+
+    Never clipped to the depth: which layers a model has is the caller's
+    decision, and a silently shorter file would break the per-layer figures.
+    """
+    wanted = sorted({int(layer) for layer in layers})
+    if not wanted:
+        raise ConfigError(f"model {spec.key!r}: no layers asked for")
+    bad = [layer for layer in wanted if not 1 <= layer <= spec.depth]
+    if bad:
+        raise ConfigError(
+            f"layer(s) {bad} do not exist in model {spec.key!r} (arch {spec.arch}, depth {spec.depth}); "
+            f"layers are 1-based block indices 1..{spec.depth}"
+        )
+    return wanted
+
+
+def load_manifest(manifest: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    """A manifest given as a DataFrame or a CSV path written by ``subsets.write_manifest``."""
+    if isinstance(manifest, pd.DataFrame):
+        table, where = manifest, "the manifest DataFrame"
+    else:
+        table, where = read_manifest(manifest), f"manifest {manifest}"
+    if len(table) == 0:
+        raise ConfigError(f"{where} is empty: nothing to extract")
+    return table.reset_index(drop=True)
+
+
+def tiling_record(tiling: TilingSpec) -> dict[str, Any]:
+    """JSON form of the tiling actually used."""
+    out = tiling.out_hw
+    return {
+        "resize_to": list(tiling.resize_to) if tiling.resize_to is not None else None,
+        "rows": tiling.rows,
+        "cols": tiling.cols,
+        "out_size": list(out),
+    }
+
+
+def feature_attrs(
+    *,
+    spec: ModelSpec,
+    source: TileSource,
+    dataset: str,
+    subset: str,
+    variant: str,
+    layers: Sequence[int],
+    preset: str,
+    patch_label_method: str,
+    seed: int,
+    dtype: str,
+    data_source: str,
+    settings: DegradeSettings,
+    autocast: torch.dtype | None,
+    n_images: int,
+) -> dict[str, Any]:
+    """Provenance record of one feature file (``store.REQUIRED_ATTRS`` and everything that changes the numbers)."""
+    return {
+        "model": spec.key,
+        "arch": spec.arch,
+        "weights": spec.weights_label,
+        "model_spec": spec.to_dict(),
+        "layers": list(layers),
+        "variant": variant,
+        "mode": FULL if variant == FULL else "tiled",
+        "dataset": dataset,
+        "split": subset,
+        "data_source": data_source,
+        "n_images": n_images,
+        "preset": preset,
+        "tiling": tiling_record(source.tiling),
+        "grid": list(source.grid),
+        "patch_labels": patch_label_method,
+        "seed": seed,
+        "frequency_bands": [list(band) for band in settings.bands],
+        "frequency_noise_sigma": settings.freq_sigma,
+        "dtype": dtype,
+        "autocast": "none" if autocast is None else str(autocast).removeprefix("torch."),
+        "vitlocal_version": __version__,
+    }
+
+
+def extract_features(
+    *,
+    dataset: str,
+    root: str | os.PathLike,
+    manifest: pd.DataFrame | str | os.PathLike,
+    model_key: str,
+    layers: Sequence[int],
+    out_path: str | os.PathLike,
+    preset: str,
+    weights_dir: str | os.PathLike,
+    model_overrides: Mapping[str, Any] | None = None,
+    variant: str = "clean",
+    subset: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    dtype: str = "float16",
+    autocast: str = "bfloat16",
+    patch_label_method: str = "nearest_exact",
+    seed: int = 0,
+    bands: Sequence[Sequence[float]] = FREQUENCY_BANDS,
+    freq_sigma: float = FREQUENCY_NOISE_SIGMA,
+    frame_size: Sequence[int] | None = None,
+    data_source: str = "official",
+    progress: bool = True,
+) -> ExtractStats:
+    """Extract the patch tokens of ``layers`` for every manifest row into the Parquet file ``out_path``.
+
+    ``variant``: a degradation name (``"clean"``, ``"blur-4"``, ``"shift-3"``,
+    ...) or ``"full"`` (whole image, interpolated position embedding; see
+    ``features.sources``). ``subset`` names the manifest in the provenance
+    record (default: the manifest file's stem). ``bands``/``freq_sigma`` are
+    the frequency-noise settings, ``frame_size`` the tracking frame ``(H, W)``.
+    ``device="auto"``: CUDA if available, else CPU; ``autocast`` applies on
+    CUDA only. The file appears only if the whole run succeeds.
+    """
+    if data_source not in DATA_SOURCES:
+        raise ConfigError(f"data_source {data_source!r}; expected one of {DATA_SOURCES}")
+    if subset is None:
+        if isinstance(manifest, pd.DataFrame):
+            raise ConfigError("extract_features: give 'subset' when the manifest is a DataFrame")
+        subset = Path(manifest).stem
+    split_variant(variant)  # reject a bad name before any file or model is touched
+    spec = resolve(model_key, model_overrides)
+    layers = check_layers(layers, spec)
+    torch_device = resolve_device(device)
+    amp = autocast_dtype(autocast, torch_device)
+    table = load_manifest(manifest)
+    settings = DegradeSettings(tuple(tuple(band) for band in bands), freq_sigma)
+    source = make_source(
+        dataset,
+        root,
+        table,
+        spec,
+        variant,
+        tiling=base_tiling(dataset, frame_size),
+        patch_label_method=patch_label_method,
+        seed=seed,
+        settings=settings,
+    )
+    extractor = build_extractor(spec, weights_dir, torch_device, dynamic_img_size=variant == FULL)
+    attrs = feature_attrs(
+        spec=spec, source=source, dataset=dataset, subset=subset, variant=variant, layers=layers,
+        preset=preset, patch_label_method=patch_label_method, seed=seed, dtype=dtype,
+        data_source=data_source, settings=settings, autocast=amp, n_images=len(table),
+    )
+    log.info(
+        "%s/%s %s: %d images x %d tiles of %s -> %s patches, model %s (%s), layers %s, %s",
+        dataset, subset, variant, len(table), source.tiling.n_tiles, source.tiling.out_hw, source.grid,
+        spec.key, spec.weights_label, layers, torch_device,
+    )
+    with FeatureWriter(out_path, attrs, dtype=dtype) as writer:
+        stats = extract(
+            source,
+            extractor.forward_layers,
+            preprocess=preprocess_tiles,
+            layers=layers,
+            mean=spec.mean,
+            std=spec.std,
+            out_size=source.tiling.out_size,
+            grid=source.grid,
+            writer=writer,
+            batch_size=batch_size,
+            device=torch_device,
+            num_workers=num_workers,
+            autocast=amp,
+            images_per_load=max(1, batch_size // source.tiling.n_tiles),
+            progress=progress,
+        )
+    log.info(
+        "wrote %s: %d images, %d tiles, %d patches in %.1f s (batch size %d)",
+        out_path, stats.images, stats.tiles, stats.patches, stats.seconds, stats.batch_size,
+    )
+    return stats

@@ -1,0 +1,291 @@
+"""Our numbers beside the published ones: the reproduction report.
+
+Experiments write tidy CSVs (``TIDY_COLUMNS``, one row per number). This
+module joins them with the authors' numbers (``vitlocal.published``) on
+``KEY`` and writes ``results/<preset>/report/reproduction.md``: one table per
+experiment with ours, published, the difference and how the published number
+was obtained, plus per-experiment summaries. Demo output (synthetic data or
+random weights) carries a banner saying its numbers are not results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from . import __version__
+from .published import (
+    EXPERIMENTS,
+    DEFAULT_LAYER,
+    KEY,
+    KNOWN_INCONSISTENCIES,
+    NOT_PUBLISHED,
+    check_our_levels,
+    load_published,
+    to_our_keys,
+)
+
+PROVENANCE = ("preset", "weights", "knn_metric", "patch_labels", "data")
+TIDY_COLUMNS = (*KEY, "value", *PROVENANCE)
+DATA_SOURCES = ("synthetic", "official", "mixed")
+
+#: Row status in the comparison.
+COMPARED, NO_COUNTERPART, NOT_COMPUTED = "compared", "no published counterpart", "not computed"
+
+#: Default tolerance of "within tolerance": max(ATOL, RTOL * |published|) + digitisation precision.
+ATOL, RTOL = 0.01, 0.01
+
+#: Keeps a difference of exactly the tolerance inside it despite float rounding.
+_FLOAT_SLACK = 1e-9
+
+LINEAR_PROBE_NOTE = (
+    "Linear probes here are trained with a fixed schedule (config `probes.linear_*`). The authors "
+    "selected their linear-probe checkpoint on the very validation images they reported, which "
+    "favours their numbers; linear-probe results are therefore expected to differ, mostly downwards."
+)
+
+
+def read_results(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Concatenate tidy result CSVs, checking columns and level conventions per file."""
+    tables = []
+    for path in map(Path, paths):
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        missing = [c for c in TIDY_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; tidy results need {', '.join(TIDY_COLUMNS)}")
+        check_our_levels(table, str(path))
+        table["value"] = pd.to_numeric(table["value"], errors="raise")
+        table["layer"] = pd.to_numeric(table["layer"].replace("", None), errors="raise").astype("Int64")
+        tables.append(table[list(TIDY_COLUMNS)])
+    if not tables:
+        return pd.DataFrame({c: pd.Series(dtype="Int64" if c == "layer" else object) for c in TIDY_COLUMNS})
+    return pd.concat(tables, ignore_index=True)
+
+
+def _normalise_ours(ours: pd.DataFrame) -> pd.DataFrame:
+    ours = ours.copy()
+    for column in ("level", "class"):
+        ours[column] = ours[column].fillna("").astype(str)
+    ours["layer"] = pd.array(ours["layer"], dtype="Int64").fillna(DEFAULT_LAYER)
+    return ours.rename(columns={"value": "ours"})
+
+
+def compare(ours: pd.DataFrame, published: pd.DataFrame, *, atol: float = ATOL, rtol: float = RTOL) -> pd.DataFrame:
+    """Join our tidy rows with the published ones on ``KEY``.
+
+    Every row of ours is kept (``published`` empty when it has no counterpart);
+    published rows of experiments we ran but without our number are listed as
+    "not computed"; experiments we did not run are left out. ``difference`` is
+    ours − published; ``within_tolerance`` uses
+    ``|difference| <= max(atol, rtol·|published|) + published_precision``.
+    An empty ``layer`` (ours) means the last block.
+    """
+    ours = _normalise_ours(ours)
+    theirs = to_our_keys(published)
+    theirs = theirs[theirs["experiment"].isin(set(ours["experiment"]))]
+    joined = ours.merge(theirs, on=list(KEY), how="outer", indicator=True)
+    joined["status"] = joined["_merge"].map(
+        {"both": COMPARED, "left_only": NO_COUNTERPART, "right_only": NOT_COMPUTED}
+    ).astype(str)
+    joined = joined.drop(columns="_merge")
+    joined["difference"] = joined["ours"] - joined["published"]
+    joined["tolerance"] = (rtol * joined["published"].abs()).clip(lower=atol) + joined["published_precision"]
+    within = joined["difference"].abs() <= joined["tolerance"] + _FLOAT_SLACK
+    joined["within_tolerance"] = within.astype("boolean").where(joined["status"] == COMPARED)
+    order = _experiment_order(joined["experiment"])
+    joined = joined.assign(_order=joined["experiment"].map(order))
+    joined = joined.sort_values(["_order", *KEY], kind="stable").drop(columns="_order")
+    return joined.reset_index(drop=True)
+
+
+def _experiment_order(experiments: pd.Series) -> dict[str, int]:
+    """The study's order (``EXPERIMENTS``), then new experiments alphabetically."""
+    known = [e for e in EXPERIMENTS if e in set(experiments)]
+    new = sorted(set(experiments) - set(EXPERIMENTS))
+    return {e: i for i, e in enumerate(known + new)}
+
+
+def summarise(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment and metric: counts, mean / max |difference|, within-tolerance share."""
+    rows = []
+    for (experiment, metric), group in comparison.groupby(["experiment", "metric"], sort=False):
+        compared = group[group["status"] == COMPARED]
+        abs_diff = compared["difference"].abs()
+        rows.append({
+            "experiment": experiment,
+            "metric": metric,
+            "compared": len(compared),
+            "mean_abs_difference": abs_diff.mean() if len(compared) else float("nan"),
+            "max_abs_difference": abs_diff.max() if len(compared) else float("nan"),
+            "within_tolerance": compared["within_tolerance"].astype(float).mean() if len(compared) else float("nan"),
+            "no_published_counterpart": int((group["status"] == NO_COUNTERPART).sum()),
+            "not_computed": int((group["status"] == NOT_COMPUTED).sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def demo_subject(data_source: str, weights_summary: str) -> str | None:
+    """What makes an output a demo ("synthetic data", "random weights", both), or None."""
+    if data_source not in DATA_SOURCES:
+        raise ValueError(f"data_source {data_source!r}: expected one of {', '.join(DATA_SOURCES)}")
+    parts = []
+    if data_source != "official":
+        parts.append("synthetic data")
+    if "random" in weights_summary.lower():
+        parts.append("random weights")
+    return " and ".join(parts) or None
+
+
+def demo_banner(subject: str) -> str:
+    """The sentence every demo report and paper starts with."""
+    return (
+        f"DEMO OUTPUT — {subject}. These numbers are not results of the study "
+        "and are not comparable to the published ones."
+    )
+
+
+def _fmt(value: float, signed: bool = False) -> str:
+    if pd.isna(value):
+        return "—"
+    sign = "+" if signed else ""
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{value:{sign}.0f}"
+    if abs(value) >= 100:
+        return f"{value:{sign}.1f}"
+    return f"{value:{sign}.3f}"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _comparison_table(group: pd.DataFrame) -> list[str]:
+    header = ["dataset", "model", "probe", "layer", "level", "class", "metric", "ours", "published", "diff", "kind"]
+    rows = []
+    for row in group.to_dict("records"):
+        if row["status"] == NOT_COMPUTED:
+            ours = "not computed"
+        else:
+            ours = _fmt(row["ours"])
+        kind = row["published_kind"] if isinstance(row["published_kind"], str) else "—"
+        rows.append([
+            row["dataset"], row["model"], row["probe"], str(row["layer"]), row["level"] or "—",
+            row["class"] or "—", row["metric"], ours, _fmt(row["published"]),
+            _fmt(row["difference"], signed=True), kind,
+        ])
+    return _markdown_table(header, rows)
+
+
+def _summary_lines(summary: pd.DataFrame) -> list[str]:
+    header = ["experiment", "metric", "compared", "mean abs diff", "max abs diff", "within tolerance",
+              "no published counterpart", "not computed"]
+    rows = [[
+        s["experiment"], s["metric"], str(s["compared"]), _fmt(s["mean_abs_difference"]),
+        _fmt(s["max_abs_difference"]),
+        "—" if pd.isna(s["within_tolerance"]) else f"{100 * s['within_tolerance']:.0f} %",
+        str(s["no_published_counterpart"]), str(s["not_computed"]),
+    ] for s in summary.to_dict("records")]
+    return _markdown_table(header, rows)
+
+
+def _provenance_line(group: pd.DataFrame) -> str:
+    ours = group[group["status"] != NOT_COMPUTED]
+    parts = []
+    for column in ("weights", "knn_metric", "patch_labels", "data"):
+        values = sorted({str(v) for v in ours[column].dropna() if str(v)})
+        parts.append(f"{column}: {', '.join(values) or '—'}")
+    return "Ours — " + "; ".join(parts) + "."
+
+
+def _published_provenance(group: pd.DataFrame) -> list[str]:
+    settings = sorted(group["setting"].dropna().unique())
+    files = sorted({str(s).split(" ")[0] for s in group["source"].dropna()})
+    if not settings:
+        return ["No published counterpart."]
+    lines = ["Published settings:", ""] + [f"- {s}" for s in settings]
+    return lines + ["", "Published sources: " + ", ".join(f"`{f}`" for f in files) + "."]
+
+
+def _experiment_section(experiment: str, group: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    title = EXPERIMENTS[experiment].title if experiment in EXPERIMENTS else "new experiment"
+    lines = [f"## `{experiment}` — {title}", "", _provenance_line(group), ""]
+    lines += _summary_lines(summary[summary["experiment"] == experiment]) + [""]
+    lines += _comparison_table(group) + [""]
+    return lines + _published_provenance(group) + [""]
+
+
+def render_report(
+    comparison: pd.DataFrame,
+    *,
+    preset: str,
+    data_source: str,
+    weights_summary: str,
+    sources: list[str],
+    published: pd.DataFrame,
+) -> str:
+    """The Markdown text of the report (pure: same inputs, same text)."""
+    subject = demo_subject(data_source, weights_summary)
+    lines = []
+    if subject:
+        lines += [f"**{demo_banner(subject)}**", ""]
+    lines += [
+        f"# Reproduction report — preset `{preset}`", "",
+        f"- Data: {data_source}", f"- Weights: {weights_summary}",
+        f"- Generated by vitlocal {__version__} from: " + (", ".join(f"`{s}`" for s in sources) or "no result files"),
+        "",
+        "`diff` = ours − published. `kind` says how the published number was obtained: `exact` "
+        "(printed or hard-coded in the authors' notebooks), `digitised (vector)` (read from a PDF "
+        "plot's path coordinates; the authors never wrote it down), `digitised (±p, raster)` (read "
+        "off a PNG plot with precision p). Within tolerance: "
+        f"|diff| ≤ max({ATOL:g}, {RTOL:g}·|published|) + p. An empty layer is layer {DEFAULT_LAYER}.",
+        "",
+        "## Summary", "",
+    ]
+    summary = summarise(comparison)
+    lines += _summary_lines(summary) + [""]
+    lines += ["## Known inconsistencies in the published numbers", ""]
+    lines += [f"- {item}" for item in KNOWN_INCONSISTENCIES] + [f"- {NOT_PUBLISHED}", ""]
+    lines += ["## Method differences", "", f"- {LINEAR_PROBE_NOTE}", ""]
+    for experiment, group in comparison.groupby("experiment", sort=False):
+        lines += _experiment_section(experiment, group, summary)
+    not_run = published[~published["experiment"].isin(set(comparison["experiment"]))]
+    if len(not_run):
+        lines += ["## Published experiments not run in this preset", ""]
+        counts = not_run["experiment"].value_counts().sort_index()
+        lines += [f"- `{e}`: {n} published numbers" for e, n in counts.items()] + [""]
+    return "\n".join(lines)
+
+
+def write_report(
+    results_csvs: Iterable[str | Path],
+    out_md: str | Path,
+    preset: str,
+    data_source: str,
+    weights_summary: str,
+    *,
+    out_csv: str | Path | None = None,
+    published_csv: str | Path | None = None,
+) -> pd.DataFrame:
+    """Write the Markdown report (and the full comparison as CSV if asked); return the comparison."""
+    paths = sorted(map(Path, results_csvs))
+    ours = read_results(paths)
+    wrong = sorted(set(ours["preset"]) - {preset})
+    if wrong:
+        raise ValueError(f"results of preset(s) {', '.join(wrong)} given to the report of preset {preset!r}")
+    published = load_published(published_csv)
+    comparison = compare(ours, published)
+    text = render_report(
+        comparison, preset=preset, data_source=data_source, weights_summary=weights_summary,
+        sources=[p.as_posix() for p in paths], published=published,
+    )
+    out_md = Path(out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(text + "\n", encoding="utf-8")
+    if out_csv is not None:
+        Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+        comparison.to_csv(out_csv, index=False)
+    return comparison
