@@ -108,8 +108,9 @@ def machine() -> str:
         pass
     dev = resolve_device(None)
     gpu = f", GPU {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""
-    load = ", load average %.1f %.1f %.1f" % os.getloadavg()
-    return f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__} with {torch.get_num_threads()} threads{gpu}{load}"
+    load = ", load average " + " ".join(f"{v:.1f}" for v in os.getloadavg())
+    torch_info = f"torch {torch.__version__} with {torch.get_num_threads()} threads"
+    return f"{os.cpu_count()} CPUs ({cpu}), {torch_info}{gpu}{load}"
 
 
 def bench_knn(train_x, train_y, query_x, sk_queries: int) -> list[str]:
@@ -121,7 +122,11 @@ def bench_knn(train_x, train_y, query_x, sk_queries: int) -> list[str]:
     ref, t_sk, m_sk = timed(lambda: sk.predict(query_x[:n_sk]))
     t_sk_all = t_sk * len(query_x) / n_sk
     same = ours_l2[:n_sk] == ref
-    note = "" if n_sk == len(query_x) else f" (sklearn on {n_sk} queries, time extrapolated x{len(query_x) / n_sk:.1f})"
+    note = (
+        ""
+        if n_sk == len(query_x)
+        else f" (sklearn on {n_sk} queries, time extrapolated x{len(query_x) / n_sk:.1f})"
+    )
     rows = [
         f"| 1-NN l2 | {t_l2:.1f} s | {t_sk_all:.1f} s{note} | {t_sk_all / t_l2:.1f}x "
         f"| {100 * same.mean():.3f}% identical predictions | {m_l2:.0f} / {m_sk:.0f} MiB |",
@@ -133,10 +138,10 @@ def bench_knn(train_x, train_y, query_x, sk_queries: int) -> list[str]:
 
 
 def _explain_disagreements(train_x: np.ndarray, query_x: np.ndarray, differ: np.ndarray) -> str:
-    """Relative distance gap between our and the float64 nearest neighbour where predictions differ."""
+    """Where predictions differ: how much farther our neighbour is than the float64 one."""
     q = query_x[differ].astype(np.float64)
     idx32, _ = nearest_neighbors(train_x, query_x[differ], metric="l2")
-    idx64, d64 = nearest_neighbors(train_x, query_x[differ], metric="l2", dtype=torch.float64)
+    _, d64 = nearest_neighbors(train_x, query_x[differ], metric="l2", dtype=torch.float64)
     ours = ((q - train_x[idx32[:, 0]].astype(np.float64)) ** 2).sum(axis=1)
     gap = np.abs(ours - d64[:, 0]) / d64[:, 0]
     return (
@@ -150,33 +155,46 @@ def bench_linear(train_x, train_y, query_x, query_y, epochs: int) -> list[str]:
         lambda: train_linear_probe(train_x, train_y, CLASSES, epochs=epochs, seed=0)
     )
     acc_ours = (predict(probe, query_x) == query_y).mean()
+    fit_ours = (predict(probe, train_x) == train_y).mean()
     sk = LogisticRegression(max_iter=500)
     _, t_sk, m_sk = timed(lambda: sk.fit(train_x, train_y))
-    acc_sk = sk.score(query_x, query_y)
+    acc_sk, fit_sk = sk.score(query_x, query_y), sk.score(train_x, train_y)
     return [
-        f"| linear probe ({settings['epochs']} ep, batch {settings['batch_size']}, lr {settings['lr']}) "
-        f"vs LogisticRegression (lbfgs, {int(sk.n_iter_.max())} it) | {t_ours:.1f} s | {t_sk:.1f} s "
-        f"| {t_sk / t_ours:.1f}x | accuracy {100 * acc_ours:.2f}% vs {100 * acc_sk:.2f}% "
-        f"({100 * (acc_ours - acc_sk):+.2f} pt) | {m_ours:.0f} / {m_sk:.0f} MiB |"
+        f"| linear probe ({settings['epochs']} ep, batch {settings['batch_size']}, "
+        f"lr {settings['lr']}) vs LogisticRegression (lbfgs, {int(sk.n_iter_.max())} it) "
+        f"| {t_ours:.1f} s | {t_sk:.1f} s | {t_sk / t_ours:.1f}x "
+        f"| test accuracy {100 * acc_ours:.2f}% vs {100 * acc_sk:.2f}% "
+        f"({100 * (acc_ours - acc_sk):+.2f} pt); "
+        f"train {100 * fit_ours:.2f}% vs {100 * fit_sk:.2f}% "
+        f"| {m_ours:.0f} / {m_sk:.0f} MiB |"
     ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="50k x 10k patches (default)")
     mode.add_argument("--full", action="store_true", help="451,584 x 188,160 patches")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30, help="linear-probe epochs")
-    parser.add_argument("--sklearn-queries", type=int, default=10_000, help="queries scikit-learn's k-NN runs on")
+    parser.add_argument(
+        "--sklearn-queries", type=int, default=10_000, help="queries scikit-learn's k-NN runs on"
+    )
     args = parser.parse_args()
     size = "full" if args.full else "quick"
     n_train, n_query = SIZES[size]
     train_x, train_y, query_x, query_y = make_features(n_train, n_query, args.seed)
 
-    print(f"## Probe benchmark ({size}: {n_train:,} train x {n_query:,} query patches, {DIM} dims, {CLASSES} classes)\n")
+    print(
+        f"## Probe benchmark ({size}: {n_train:,} train x {n_query:,} query patches, "
+        f"{DIM} dims, {CLASSES} classes)\n"
+    )
     print(f"Machine: {machine()}\n")
-    print("| task | ours | scikit-learn | speed-up | agreement | peak added memory (ours / sklearn) |")
+    print(
+        "| task | ours | scikit-learn | speed-up | agreement | peak added memory (ours / sklearn) |"
+    )
     print("|---|---|---|---|---|---|")
     for row in bench_knn(train_x, train_y, query_x, args.sklearn_queries):
         print(row, flush=True)

@@ -120,8 +120,9 @@ def is_layerwise_file(dataset, subset, variant):
 
 
 def layers_for(wildcards):
+    """Blocks stored in a feature file; jobs without a variant wildcard make degraded variants."""
     depth = MODEL_SPECS[wildcards.model].depth
-    if is_layerwise_file(wildcards.dataset, wildcards.subset, wildcards.variant):
+    if is_layerwise_file(wildcards.dataset, wildcards.subset, wildcards.get("variant")):
         return sorted({layer for layer in config["extraction"]["layers"] if layer <= depth} | {depth})
     return [depth]
 
@@ -165,3 +166,26 @@ def get_extract_input(wildcards):
         **get_dataset_input(wildcards),
         **get_weights_input(wildcards),
     }
+
+
+# Parameters shared by the extraction rules (all wildcards-driven or global).
+EXTRACT_PARAMS = dict(
+    dataset=lambda wildcards: wildcards.dataset,
+    root=lambda wildcards: dataset_root(wildcards.dataset),
+    data_source=lambda wildcards: config["datasets"][wildcards.dataset]["source"],
+    model_key=lambda wildcards: wildcards.model,
+    model_overrides=lambda wildcards: model_overrides(wildcards.model),
+    layers=layers_for,
+    preset=PRESET,
+    weights_dir=WEIGHTS_DIR,
+    device=config["device"],
+    batch_size=config["extraction"]["batch_size"],
+    num_workers=config["extraction"]["num_workers"],
+    dtype=config["extraction"]["dtype"],
+    autocast=config["extraction"]["autocast"],
+    patch_labels=config["patch_labels"],
+    seed=config["seed"],
+    bands=config["degradations"]["frequency_bands"],
+    freq_sigma=config["degradations"]["frequency_noise_sigma"],
+    frame_size=config["tracking"]["frame_size"],
+)

@@ -1,33 +1,21 @@
 # One Parquet file per (dataset, subset, model, variant): every probe,
 # figure and table reads these, so the ViT runs once per image and variant.
+# Degraded and transformed variants of one split are made by one job each:
+# the model is built once and no job is paid per variant.
 
 
 rule extract_features:
     input:
         unpack(get_extract_input),
     output:
+        # CLS tokens go to the sibling <variant>.cls.parquet when the model has one.
         features=f"{RESULTS}/features/{{dataset}}/{{subset}}/{{model}}/{{variant}}.parquet",
-        cls=f"{RESULTS}/features/{{dataset}}/{{subset}}/{{model}}/{{variant}}.cls.parquet",
+    wildcard_constraints:
+        variant="clean|full",
     params:
-        dataset=lambda wildcards: wildcards.dataset,
-        root=lambda wildcards: dataset_root(wildcards.dataset),
-        data_source=lambda wildcards: config["datasets"][wildcards.dataset]["source"],
-        model_key=lambda wildcards: wildcards.model,
-        model_overrides=lambda wildcards: model_overrides(wildcards.model),
-        variant=lambda wildcards: wildcards.variant,
-        layers=layers_for,
-        preset=PRESET,
-        weights_dir=WEIGHTS_DIR,
-        device=config["device"],
-        batch_size=config["extraction"]["batch_size"],
-        num_workers=config["extraction"]["num_workers"],
-        dtype=config["extraction"]["dtype"],
-        autocast=config["extraction"]["autocast"],
-        patch_labels=config["patch_labels"],
-        seed=config["seed"],
-        bands=config["degradations"]["frequency_bands"],
-        freq_sigma=config["degradations"]["frequency_noise_sigma"],
-    threads: 4
+        **EXTRACT_PARAMS,
+        variants=lambda wildcards: [wildcards.variant],
+    threads: config["extraction"]["threads"]
     resources:
         gpu=1,
         mem_mb=16000,
@@ -35,6 +23,50 @@ rule extract_features:
         f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/{{variant}}.log",
     benchmark:
         f"{BENCHMARKS}/features/{{dataset}}/{{subset}}/{{model}}/{{variant}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/extract_features.py"
+
+
+rule extract_degraded_features:
+    input:
+        unpack(get_extract_input),
+    output:
+        features=[feature_file("{dataset}", "{subset}", "{model}", v) for v in degradation_variants()],
+    params:
+        **EXTRACT_PARAMS,
+        variants=degradation_variants(),
+    threads: config["extraction"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    log:
+        f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/degraded.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dataset}}/{{subset}}/{{model}}/degraded.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/extract_features.py"
+
+
+rule extract_transformed_features:
+    input:
+        unpack(get_extract_input),
+    output:
+        features=[feature_file("{dataset}", "{subset}", "{model}", v) for v in transform_variants()],
+    params:
+        **EXTRACT_PARAMS,
+        variants=transform_variants(),
+    threads: config["extraction"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    log:
+        f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/transformed.log",
+    benchmark:
+        f"{BENCHMARKS}/features/{{dataset}}/{{subset}}/{{model}}/transformed.tsv"
     conda:
         "../envs/torch.yaml"
     script:

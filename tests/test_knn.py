@@ -32,7 +32,9 @@ def test_1nn_equals_sklearn_brute(metric: str, sk_metric: str) -> None:
 def test_dot_equals_numpy_argmax_and_sklearn_callable() -> None:
     train_x, train_y, query_x = _data()
     sims = query_x.astype(np.float64) @ train_x.astype(np.float64).T
-    idx, scores = nearest_neighbors(train_x, query_x, k=1, metric="dot", block_size=50, device="cpu")
+    idx, scores = nearest_neighbors(
+        train_x, query_x, k=1, metric="dot", block_size=50, device="cpu"
+    )
     np.testing.assert_array_equal(idx[:, 0], sims.argmax(axis=1))
     np.testing.assert_allclose(scores[:, 0], sims.max(axis=1), rtol=1e-5)
     # scikit-learn has no raw dot metric; a callable "distance" -q.g ranks the same way.
@@ -55,9 +57,13 @@ def test_l2_scores_are_squared_distances_sorted() -> None:
 @pytest.mark.parametrize("k", [1, 5])
 def test_block_size_invariance(metric: str, k: int) -> None:
     train_x, _, query_x = _data(n_train=150, n_query=40)
-    ref_idx, _ = nearest_neighbors(train_x, query_x, k=k, metric=metric, block_size=10_000, device="cpu")
+    ref_idx, _ = nearest_neighbors(
+        train_x, query_x, k=k, metric=metric, block_size=10_000, device="cpu"
+    )
     for block in (7, 33, 64):
-        idx, _ = nearest_neighbors(train_x, query_x, k=k, metric=metric, block_size=block, device="cpu")
+        idx, _ = nearest_neighbors(
+            train_x, query_x, k=k, metric=metric, block_size=block, device="cpu"
+        )
         np.testing.assert_array_equal(idx, ref_idx)
 
 
@@ -119,5 +125,5 @@ def test_rejects_bad_inputs() -> None:
         knn_predict(train_x, train_y[:5], query_x)
     bad = query_x.copy()
     bad[1, 2] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"query_x rows 0..2 contain NaN"):
         nearest_neighbors(train_x, bad)

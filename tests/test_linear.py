@@ -72,7 +72,7 @@ def test_batchnorm_stores_running_statistics() -> None:
 def test_heldout_selection_uses_training_rows_only() -> None:
     x, y = _problem(n=1000)
     groups = np.repeat(np.arange(10), 100)
-    probe, settings = train_linear_probe(x, y, 5, seed=0, val_fraction=0.2, groups=groups, **FAST)
+    _, settings = train_linear_probe(x, y, 5, seed=0, val_fraction=0.2, groups=groups, **FAST)
     assert settings["n_val"] == 200 and settings["n_train"] == 800
     assert 1 <= settings["selected_epoch"] <= FAST["epochs"]
     assert 0.5 < settings["val_miou"] <= 1.0
@@ -82,7 +82,7 @@ def test_heldout_selection_uses_training_rows_only() -> None:
 
 def test_rejects_bad_labels_and_settings() -> None:
     x, y = _problem(n=50)
-    with pytest.raises(LabelError, match="label 7 is out of range; expected 0..4 or 255"):
+    with pytest.raises(LabelError, match=r"label 7 is out of range; expected 0\.\.4 or 255"):
         train_linear_probe(x, np.where(y == 1, 7, y), 5, device="cpu")
     with pytest.raises(ValueError, match="optimizer='lbfgs'"):
         train_linear_probe(x, y, 5, optimizer="lbfgs", device="cpu")

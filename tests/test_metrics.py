@@ -71,7 +71,9 @@ def test_matches_sklearn_on_random_maps() -> None:
 
 
 def test_rejects_out_of_range_and_shape_mismatch() -> None:
-    with pytest.raises(LabelError, match="target contains value 7; expected class indices 0..3 or 255"):
+    with pytest.raises(
+        LabelError, match=r"target contains value 7; expected class indices 0\.\.3 or 255"
+    ):
         confusion_matrix(PRED, np.where(TARGET == 1, 7, TARGET), 4)
     with pytest.raises(LabelError, match="prediction contains value 9"):
         confusion_matrix(np.where(PRED == 2, 9, PRED), TARGET, 4)

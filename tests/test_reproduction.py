@@ -68,8 +68,8 @@ MATCHES = [
     (row("layerwise", "supervised", "knn", "", "miou", None, layer=8), 0.329, "exact"),
     (row("layerwise", "dinov2", "knn", "", "miou", None, layer=11), 0.384, "exact"),
     (row("layerwise", "simmim", "knn", "", "miou", None, layer=1), 0.066, "exact"),
-    (row("variance_removal", "mae", "knn", "m=200", "miou", None), 0.295, "exact"),
-    (row("variance_removal", "mae", "linear", "m=750", "miou", None), 0.060, "exact"),
+    (row("variance_removal", "mae", "knn", "200", "miou", None), 0.295, "exact"),
+    (row("variance_removal", "mae", "linear", "750", "miou", None), 0.060, "exact"),
     (row("bn_standardized", "simmim", "knn", "", "miou", None), 0.139, "exact"),
     (row("bn_standardized", "mae", "linear", "", "miou", None), 0.375, "exact"),
     (row("fair1m_rotation", "supervised", "none", "rotate-5", "count_same_patch", None,
@@ -104,7 +104,7 @@ def test_each_mapping_matches_the_published_number(published, ours_row, expected
 
 def test_simmim_layer7_variance_series_maps_to_layer_7(published):
     # published model 'simmim_l7' = our simmim at layer 7 (raster-digitised, ±0.002)
-    ours = tidy([row("variance_removal", "simmim", "knn", "m=0", "miou", 0.124 + OFFSET, layer=7)])
+    ours = tidy([row("variance_removal", "simmim", "knn", "0", "miou", 0.124 + OFFSET, layer=7)])
     matched = compare(ours, published).query("status == @COMPARED")
     assert matched["published_model"].tolist() == ["simmim_l7"]
     assert matched["published_kind"].iloc[0] == "digitised (±0.002, raster)"
@@ -269,3 +269,25 @@ def test_report_rejects_bad_inputs(tmp_path):
         write_report([other], tmp_path / "r.md", "paper", "official", "official")
     with pytest.raises(ValueError, match=r"data_source 'fake'"):
         write_report([other], tmp_path / "r.md", "demo", "fake", "random")
+    # a demo's rows (data=synthetic, weights=random) cannot be reported as real
+    with pytest.raises(ValueError, match=r"data_source 'official' but 1 result row\(s\) have data=synthetic"):
+        write_report([other], tmp_path / "r.md", "demo", "official", "random")
+    with pytest.raises(ValueError, match=r"weights_summary 'official' but 1 result row\(s\) have weights=random"):
+        write_report([other], tmp_path / "r.md", "demo", "synthetic", "official")
+
+
+def test_levels_sort_numerically_within_an_experiment(published):
+    ours = tidy([row("tracking", "dino", "none", f"delta={d}", "acc_same_instance", 0.5, cls="all", dataset="bdd100k")
+                 for d in (11, 3, 1)])
+    result = compare(ours, published)
+    dino = result[(result["model"] == "dino") & (result["metric"] == "acc_same_instance")
+                  & ~result["level"].str.startswith("full")]
+    assert dino["level"].tolist()[:4] == ["delta=1", "delta=3", "delta=5", "delta=7"]
+
+
+def test_new_experiments_are_reported_without_counterpart(tmp_path):
+    new = write_csv(tmp_path / "fig5.csv", tidy([row("gsd_knn", "scalemae", "knn", "gsd=0.3", "acc", 0.7,
+                                                     cls="all", dataset="ucmerced")]))
+    comparison = write_report([new], tmp_path / "r.md", "demo", "synthetic", "random")
+    assert comparison["status"].tolist() == [NO_COUNTERPART]
+    assert "## `gsd_knn` — new experiment" in (tmp_path / "r.md").read_text(encoding="utf-8")

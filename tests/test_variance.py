@@ -57,7 +57,9 @@ def test_top_dims_and_removal_follow_known_variances() -> None:
 
 
 def test_variance_ties_ranked_by_index() -> None:
-    np.testing.assert_array_equal(top_variance_dims(np.array([1.0, 3.0, 3.0, 2.0, 3.0]), 4), [1, 2, 4, 3])
+    np.testing.assert_array_equal(
+        top_variance_dims(np.array([1.0, 3.0, 3.0, 2.0, 3.0]), 4), [1, 2, 4, 3]
+    )
 
 
 def test_random_dims_seeded_and_overlap() -> None:
@@ -89,7 +91,7 @@ def test_batchnorm_standardise_equals_torch_batchnorm_eval() -> None:
         expected = [bn(torch.from_numpy(a).double()).numpy() for a in (x, other)]
     got = batchnorm_standardise(x, other)
     assert len(got) == 2 and got[0].dtype == np.float32
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
 
 
@@ -102,15 +104,21 @@ def test_ridge_r2_equals_sklearn() -> None:
     for alpha in (0.1, 10.0):
         sk = Ridge(alpha=alpha).fit(x[train], y[train])
         expected = sk_r2_score(y[test], sk.predict(x[test]))
-        assert ridge_r2(x[train], y[train], x[test], y[test], alpha) == pytest.approx(expected, abs=1e-6)
+        assert ridge_r2(x[train], y[train], x[test], y[test], alpha) == pytest.approx(
+            expected, abs=1e-6
+        )
     assert ridge_r2(x[train], y[train, 0], x[test], y[test, 0], 1.0) == pytest.approx(
-        sk_r2_score(y[test, 0], Ridge(alpha=1.0).fit(x[train], y[train, 0]).predict(x[test])), abs=1e-6
+        sk_r2_score(y[test, 0], Ridge(alpha=1.0).fit(x[train], y[train, 0]).predict(x[test])),
+        abs=1e-6,
     )
 
 
 def test_r2_constant_target_follows_sklearn() -> None:
     y_true = np.array([[1.0, 2.0], [1.0, 3.0], [1.0, 5.0]])
-    for y_pred in (np.array([[1.0, 2.5], [1.0, 3.0], [1.0, 4.0]]), np.array([[0.5, 2.5], [1.0, 3.0], [1.0, 4.0]])):
+    for y_pred in (
+        np.array([[1.0, 2.5], [1.0, 3.0], [1.0, 4.0]]),
+        np.array([[0.5, 2.5], [1.0, 3.0], [1.0, 4.0]]),
+    ):
         assert r2_score(y_true, y_pred) == pytest.approx(sk_r2_score(y_true, y_pred))
 
 

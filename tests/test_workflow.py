@@ -32,7 +32,7 @@ def planned_jobs(configfiles: list[Path], targets: set[str], tmp_path: Path) -> 
         dag_api.execute_workflow(executor="dryrun")
         dag = dag_api.workflow_api._workflow.dag
         jobs: dict[str, list[str]] = {}
-        for job in dag.needrun_jobs():
+        for job in dag.jobs:
             jobs.setdefault(job.rule.name, []).extend(str(f) for f in job.output)
     return jobs
 
@@ -45,7 +45,11 @@ def test_paper_dry_run_lists_every_subset_without_data(tmp_path):
     assert "results/paper/subsets/mot17/train.csv" in manifests
     assert len(manifests) == 5 + 2 + 1 + 1 + 1 + 1 + 1
     assert "generate_synthetic_dataset" not in jobs  # real data are never synthesised
+    # checkpoints are shared resources; everything else is namespaced by the preset
+    assert all(path.startswith("resources/weights/") for path in jobs.pop("download_weights"))
     assert all(path.startswith("results/paper/") for outs in jobs.values() for path in outs)
+    assert "results/paper/features/cityscapes/val/mae/blur-8.parquet" in jobs["extract_degraded_features"]
+    assert "results/paper/features/fair1m/train/dino/rotate-20.parquet" in jobs["extract_transformed_features"]
 
 
 def test_demo_dry_run_generates_its_data(tmp_path):
@@ -54,6 +58,7 @@ def test_demo_dry_run_generates_its_data(tmp_path):
         f"results/demo/data/{d}" for d in ("cityscapes", "ade20k", "fair1m", "bdd100k", "mot17", "ucmerced", "resisc45")
     )
     assert all(path.startswith("results/demo/") for outs in jobs.values() for path in outs)
+    assert "download_weights" not in jobs  # random weights need no checkpoint
 
 
 def test_bad_key_stops_before_any_job(tmp_path):

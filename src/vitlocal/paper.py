@@ -22,8 +22,8 @@ from typing import Sequence
 from .errors import VitLocalError
 from .reproduction import DATA_SOURCES, demo_banner, demo_subject
 
-#: Figure / table ids main.tex includes now, and those it keeps commented slots for.
-FIGURES = ("fig1", "fig2", "fig3", "table2", "fig4a", "fig4b", "fig4c", "top_dims_overlap", "table6", "fig10", "fig13")
+#: Figure / table ids main.tex includes now (in its order), and those it keeps commented slots for.
+FIGURES = ("fig1", "fig2", "table2", "fig3", "fig10", "fig4a", "fig4b", "fig4c", "top_dims_overlap", "table6", "fig13")
 LATER = ("fig5", "fig6", "fig7", "fig8", "fig9", "fig11", "fig12", "table1", "table3", "table4", "table5")
 
 #: What is copied from results/<preset>/figures: what LaTeX can include.

@@ -98,7 +98,7 @@ def _frequency(level: str, setting: str) -> str:
 
 
 def _removed_dims(level: str, setting: str) -> str:
-    return "m=" + _match(r"^(\d+)$", level, "variance-removal level").group(1)
+    return _match(r"^(\d+)$", level, "variance-removal level").group(1)
 
 
 def _rotation(level: str, setting: str) -> str:
@@ -151,7 +151,7 @@ EXPERIMENTS: dict[str, ExperimentRule] = {
     "feature_variance": ExperimentRule(
         "Fig. 4a (feature variance)", _no_level, r"", "empty"),
     "variance_removal": ExperimentRule(
-        "Fig. 4b/4c (top-m dims removed)", _removed_dims, r"m=\d+", "m=<removed dims>: '200' -> m=200"),
+        "Fig. 4b/4c (top-m dims removed)", _removed_dims, r"\d+", "<removed dims> as an integer: '200' -> 200"),
     "bn_standardized": ExperimentRule(
         "Fig. 4c (k-NN on BatchNorm-standardised features)", _no_level, r"", "empty"),
     "feature_variance_overlap": ExperimentRule(

@@ -10,6 +10,7 @@ random weights) carries a banner saying its numbers are not results.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -95,9 +96,15 @@ def compare(ours: pd.DataFrame, published: pd.DataFrame, *, atol: float = ATOL, 
     within = joined["difference"].abs() <= joined["tolerance"] + _FLOAT_SLACK
     joined["within_tolerance"] = within.astype("boolean").where(joined["status"] == COMPARED)
     order = _experiment_order(joined["experiment"])
-    joined = joined.assign(_order=joined["experiment"].map(order))
-    joined = joined.sort_values(["_order", *KEY], kind="stable").drop(columns="_order")
+    joined = joined.assign(_order=joined["experiment"].map(order), _level=joined["level"].map(_natural))
+    columns = ["_order", *("_level" if c == "level" else c for c in KEY)]
+    joined = joined.sort_values(columns, kind="stable").drop(columns=["_order", "_level"])
     return joined.reset_index(drop=True)
+
+
+def _natural(level: str) -> str:
+    """Sort key putting delta=5 before delta=11 and m=50 before m=100."""
+    return re.sub(r"\d+", lambda number: number.group().zfill(10), level)
 
 
 def _experiment_order(experiments: pd.Series) -> dict[str, int]:
@@ -117,9 +124,9 @@ def summarise(comparison: pd.DataFrame) -> pd.DataFrame:
             "experiment": experiment,
             "metric": metric,
             "compared": len(compared),
-            "mean_abs_difference": abs_diff.mean() if len(compared) else float("nan"),
-            "max_abs_difference": abs_diff.max() if len(compared) else float("nan"),
-            "within_tolerance": compared["within_tolerance"].astype(float).mean() if len(compared) else float("nan"),
+            "mean_abs_difference": abs_diff.mean(),  # NaN when nothing was compared
+            "max_abs_difference": abs_diff.max(),
+            "within_tolerance": compared["within_tolerance"].astype(float).mean(),
             "no_published_counterpart": int((group["status"] == NO_COUNTERPART).sum()),
             "not_computed": int((group["status"] == NOT_COMPUTED).sum()),
         })
@@ -180,7 +187,7 @@ def _comparison_table(group: pd.DataFrame) -> list[str]:
     return _markdown_table(header, rows)
 
 
-def _summary_lines(summary: pd.DataFrame) -> list[str]:
+def _summary_lines(summary: pd.DataFrame, with_experiment: bool = True) -> list[str]:
     header = ["experiment", "metric", "compared", "mean abs diff", "max abs diff", "within tolerance",
               "no published counterpart", "not computed"]
     rows = [[
@@ -189,6 +196,8 @@ def _summary_lines(summary: pd.DataFrame) -> list[str]:
         "—" if pd.isna(s["within_tolerance"]) else f"{100 * s['within_tolerance']:.0f} %",
         str(s["no_published_counterpart"]), str(s["not_computed"]),
     ] for s in summary.to_dict("records")]
+    if not with_experiment:
+        header, rows = header[1:], [r[1:] for r in rows]
     return _markdown_table(header, rows)
 
 
@@ -213,7 +222,7 @@ def _published_provenance(group: pd.DataFrame) -> list[str]:
 def _experiment_section(experiment: str, group: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     title = EXPERIMENTS[experiment].title if experiment in EXPERIMENTS else "new experiment"
     lines = [f"## `{experiment}` — {title}", "", _provenance_line(group), ""]
-    lines += _summary_lines(summary[summary["experiment"] == experiment]) + [""]
+    lines += _summary_lines(summary[summary["experiment"] == experiment], with_experiment=False) + [""]
     lines += _comparison_table(group) + [""]
     return lines + _published_provenance(group) + [""]
 
@@ -260,6 +269,16 @@ def render_report(
     return "\n".join(lines)
 
 
+def _check_demo_labels(ours: pd.DataFrame, data_source: str, weights_summary: str) -> None:
+    """Refuse to label as real a report whose rows say synthetic data or random weights."""
+    synthetic = int((ours["data"] == "synthetic").sum())
+    if synthetic and data_source == "official":
+        raise ValueError(f"data_source 'official' but {synthetic} result row(s) have data=synthetic")
+    random = int((ours["weights"] == "random").sum())
+    if random and "random" not in weights_summary.lower():
+        raise ValueError(f"weights_summary {weights_summary!r} but {random} result row(s) have weights=random")
+
+
 def write_report(
     results_csvs: Iterable[str | Path],
     out_md: str | Path,
@@ -276,6 +295,7 @@ def write_report(
     wrong = sorted(set(ours["preset"]) - {preset})
     if wrong:
         raise ValueError(f"results of preset(s) {', '.join(wrong)} given to the report of preset {preset!r}")
+    _check_demo_labels(ours, data_source, weights_summary)
     published = load_published(published_csv)
     comparison = compare(ours, published)
     text = render_report(

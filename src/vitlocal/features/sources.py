@@ -63,8 +63,8 @@ IGNORE = 255
 GEOMETRIC_KINDS = ("shift", "rotate", "scale")
 TRACKING = ("bdd100k", "mot17")
 SCENES = ("ucmerced", "resisc45")
-#: Segmentation datasets and their ``read_sample(root, row) -> (image, labels)``.
 Reader = Callable[[str, Mapping[str, Any]], tuple[np.ndarray, np.ndarray]]
+#: Segmentation datasets and their ``read_sample(root, row) -> (image, labels)``.
 SEGMENTATION_READERS: dict[str, Reader] = {
     "cityscapes": cityscapes.read_sample,
     "ade20k": ade20k.read_sample,
@@ -91,6 +91,7 @@ class DegradeSettings:
 
 
 def check_dataset(dataset: str) -> None:
+    """Raise a ``ConfigError`` listing the datasets that have a tile source."""
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
 
@@ -128,7 +129,7 @@ def base_tiling(dataset: str, frame_size: Sequence[int] | None = None) -> Tiling
 
 
 def round_to_patch(size: int, patch_size: int) -> int:
-    """Nearest positive multiple of ``patch_size`` (so no border pixels are dropped or padded)."""
+    """Nearest positive multiple of ``patch_size``: resizing by under half a patch beats cropping or padding."""
     return max(patch_size, int(np.floor(size / patch_size + 0.5)) * patch_size)
 
 
@@ -160,8 +161,6 @@ def resolve_tiling(tiling: TilingSpec | str | None, dataset: str) -> TilingSpec:
 
 def label_columns(label_tiles: np.ndarray, grid: Size, method: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Patch labels ``(n, gh, gw)`` by ``method``, plus ``label_majority`` when ``method`` is nearest-exact."""
-    if method not in PATCH_LABEL_METHODS:
-        raise ConfigError(f"unknown patch-label method {method!r}; expected one of {PATCH_LABEL_METHODS}")
     labels = patch_labels(label_tiles, grid, method, ignore=IGNORE)
     if method == "majority":
         return labels, {}
@@ -224,7 +223,9 @@ class TileSource(Dataset, ABC):
     def item(self, row: Mapping[str, Any]) -> ImageTiles:
         """The tiles and per-patch columns of one manifest row."""
 
-    def degrade(self, image: np.ndarray, sample_id: str, context: CropContext | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def degrade(
+        self, image: np.ndarray, sample_id: str, context: CropContext | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The variant applied to the whole image: ``(image, affine ORIGINAL -> TRANSFORMED)``."""
         return apply_variant(
             image,
@@ -236,6 +237,7 @@ class TileSource(Dataset, ABC):
         )
 
     def constant_labels(self, value: int) -> np.ndarray:
+        """The same label on every patch of every tile (scene class, or ignore)."""
         return np.full((self.tiling.n_tiles, *self.grid), value, dtype=np.uint8)
 
 
@@ -336,6 +338,8 @@ def make_source(
     source's ``tiling`` and ``grid`` attributes are what the engine needs.
     """
     check_dataset(dataset)
+    if patch_label_method not in PATCH_LABEL_METHODS:
+        raise ConfigError(f"unknown patch-label method {patch_label_method!r}; expected one of {PATCH_LABEL_METHODS}")
     degradation, full = split_variant(variant)
     check_variant(dataset, degradation)
     base = resolve_tiling(tiling, dataset)

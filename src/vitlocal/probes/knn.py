@@ -36,7 +36,7 @@ METRICS: tuple[str, ...] = ("dot", "l2", "cosine")
 ArrayLike = np.ndarray | torch.Tensor
 
 #: Working-memory budget for one (query block x gallery block) step on CPU.
-CPU_BUDGET_BYTES = 512 * 2**20
+CPU_BUDGET_BYTES = 256 * 2**20
 #: Upper bound on the same budget on a GPU (also capped at half the free memory).
 GPU_BUDGET_BYTES = 4 * 2**30
 
@@ -49,27 +49,32 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def shared_tensor(x: ArrayLike) -> torch.Tensor:
-    """``x`` as a tensor sharing its memory; read-only arrays (memory maps, Arrow
-    buffers) are accepted without torch's warning because they are never written."""
+    """``x`` as a tensor that shares its memory (no copy).
+
+    Read-only arrays (memory maps, Arrow buffers) are accepted without torch's
+    warning: nothing here writes to its inputs.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.as_tensor(x)
 
 
-def auto_block_size(dim: int, k: int, device: torch.device) -> int:
+def auto_block_size(dim: int, k: int, device: torch.device, dtype: torch.dtype) -> int:
     """Rows per query/gallery block so that one step fits the memory budget.
 
-    One step holds a ``b x b`` score matrix (float32) plus, for ``k > 1``,
-    boolean masks and an int32 cumulative count of the same shape, and two
-    ``b x dim`` feature blocks.
+    One step holds a ``b x b`` score matrix plus, for ``k > 1``, boolean masks
+    and an int32 cumulative count of the same shape, and two ``b x dim``
+    feature blocks.
     """
     budget = CPU_BUDGET_BYTES
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = min(GPU_BUDGET_BYTES, free // 2)
-    per_pair = 4 if k == 1 else 4 + 4 + 6  # scores, int32 cumsum, ~6 boolean masks
-    # b^2 * per_pair + 2 * b * dim * 4 <= budget, solved for b.
-    b = (-8 * dim + math.sqrt((8 * dim) ** 2 + 4 * per_pair * budget)) / (2 * per_pair)
+    elem = torch.empty((), dtype=dtype).element_size()
+    per_pair = elem if k == 1 else elem + 4 + 6  # scores, int32 cumsum, ~6 boolean masks
+    per_row = 2 * dim * elem
+    # b^2 * per_pair + b * per_row <= budget, solved for b.
+    b = (-per_row + math.sqrt(per_row**2 + 4 * per_pair * budget)) / (2 * per_pair)
     return max(256, int(b) // 256 * 256)
 
 
@@ -104,7 +109,7 @@ def nearest_neighbors(
         raise ValueError(f"k={k} must be between 1 and the gallery size {n_gallery}")
     dev = resolve_device(device)
     if block_size is None:
-        block_size = auto_block_size(gallery_x.shape[1], k, dev)
+        block_size = auto_block_size(gallery_x.shape[1], k, dev, dtype)
     if block_size < 1:
         raise ValueError(f"block_size={block_size} must be >= 1")
 
@@ -113,7 +118,7 @@ def nearest_neighbors(
     scores = np.empty((n_query, k), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
     with torch.inference_mode():
         for q0 in range(0, n_query, block_size):
-            q = _to_block(query_x, q0, q0 + block_size, dev, dtype, metric)
+            q = _to_block(query_x, q0, q0 + block_size, dev, dtype, metric, "query_x")
             best_key, best_idx = _search_block_row(gallery_x, q, k, metric, block_size, dev, dtype)
             indices[q0 : q0 + len(q)] = best_idx.cpu().numpy()
             scores[q0 : q0 + len(q)] = _key_to_score(best_key, q, metric).cpu().numpy()
@@ -169,12 +174,18 @@ def _check_features(x: ArrayLike, name: str) -> None:
 
 
 def _to_block(
-    x: ArrayLike, start: int, stop: int, device: torch.device, dtype: torch.dtype, metric: str
+    x: ArrayLike,
+    start: int,
+    stop: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    metric: str,
+    name: str,
 ) -> torch.Tensor:
     """Rows ``start:stop`` as a ``dtype`` tensor on ``device`` (normalised for cosine)."""
     block = shared_tensor(x[start:stop]).to(device=device, dtype=dtype)
     if not torch.isfinite(block).all():
-        raise ValueError(f"features in rows {start}..{stop - 1} contain NaN or inf")
+        raise ValueError(f"{name} rows {start}..{start + len(block) - 1} contain NaN or inf")
     if metric == "cosine":
         block = torch.nn.functional.normalize(block, dim=1)
     return block
@@ -197,11 +208,8 @@ def _search_block_row(
     best_key = torch.full((len(q), 0), -torch.inf, device=device, dtype=dtype)
     best_idx = torch.zeros((len(q), 0), device=device, dtype=torch.int64)
     for g0 in range(0, gallery_x.shape[0], block_size):
-        g = _to_block(gallery_x, g0, g0 + block_size, device, dtype, metric)
-        key = q @ g.T
-        if metric == "l2":
-            key.mul_(2).sub_((g * g).sum(dim=1))
-        blk_key, blk_idx = _block_topk(key, k)
+        g = _to_block(gallery_x, g0, g0 + block_size, device, dtype, metric, "gallery_x")
+        blk_key, blk_idx = _block_topk(_ranking_key(q, g, metric), k)
         # Earlier blocks hold lower indices, so a stable sort keeps them first on ties.
         cand_key = torch.cat([best_key, blk_key], dim=1)
         cand_idx = torch.cat([best_idx, blk_idx + g0], dim=1)
@@ -209,6 +217,18 @@ def _search_block_row(
         best_key = cand_key.gather(1, order)
         best_idx = cand_idx.gather(1, order)
     return best_key, best_idx
+
+
+def _ranking_key(q: torch.Tensor, g: torch.Tensor, metric: str) -> torch.Tensor:
+    """``(len(q), len(g))`` scores, larger is better.
+
+    A function of its own so the matrix is freed before the next block's is
+    allocated (otherwise two coexist at the peak).
+    """
+    key = q @ g.T
+    if metric == "l2":
+        key.mul_(2).sub_((g * g).sum(dim=1))
+    return key
 
 
 def _block_topk(key: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ PREDICT_BATCH = 65536
 
 
 class LinearProbe(nn.Module):
-    """Optional ``BatchNorm1d(affine=False, eps=1e-6)`` followed by ``Linear(in_dim, num_classes)``."""
+    """``Linear(in_dim, num_classes)``, optionally after ``BatchNorm1d(affine=False, eps=1e-6)``."""
 
     def __init__(self, in_dim: int, num_classes: int, batchnorm: bool = False) -> None:
         super().__init__()
@@ -69,7 +70,7 @@ def train_linear_probe(
     val_fraction: float = 0.0,
     groups: np.ndarray | None = None,
 ) -> tuple[LinearProbe, dict[str, Any]]:
-    """Train a probe on features ``x`` (n, d) and labels ``y`` (n,); rows labelled ``ignore_index`` are skipped.
+    """Train a probe on features ``x`` (n, d) and labels ``y`` (n,), skipping ``ignore_index`` rows.
 
     With ``val_fraction > 0`` that fraction of the labelled training rows (of
     the distinct ``groups``, e.g. image ids, when given) is held out and the
@@ -82,6 +83,14 @@ def train_linear_probe(
         raise ValueError(f"need epochs >= 1 and batch_size >= 2; got {epochs} and {batch_size}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+    if len(x) != len(y):
+        raise ValueError(
+            f"x has {len(x)} rows but y has {len(y)} labels; expected one label per row"
+        )
+    if groups is not None and np.shape(groups) != (len(y),):
+        raise ValueError(
+            f"groups has shape {np.shape(groups)}; expected ({len(y)},), one id per row"
+        )
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     labelled = _labelled_rows(y, num_classes, ignore_index)
@@ -97,23 +106,17 @@ def train_linear_probe(
     total_steps = epochs * n_batches
 
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    step = 0
-    for epoch in range(1, epochs + 1):
-        probe.train()
+    for epoch in range(epochs):
         perm = train_rows[torch.randperm(len(train_rows), generator=gen)].to(dev)
         # Near-equal batches: never a 1-row tail that BatchNorm cannot train on.
-        for idx in torch.tensor_split(perm, n_batches):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-            loss = nn.functional.cross_entropy(probe(features[idx].float()), targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+        batches = torch.tensor_split(perm, n_batches)
+        loss = _train_epoch(
+            probe, opt, features, targets, batches, lr, epoch * n_batches, total_steps
+        )
         if len(val_rows):
             score = _heldout_miou(probe, features, targets, val_rows.to(dev), num_classes)
             if best is None or score > best[0]:
-                best = (score, epoch, copy.deepcopy(probe.state_dict()))
+                best = (score, epoch + 1, copy.deepcopy(probe.state_dict()))
 
     settings: dict[str, Any] = {
         "in_dim": int(features.shape[1]),
@@ -130,12 +133,12 @@ def train_linear_probe(
         "ignore_index": ignore_index,
         "val_fraction": val_fraction,
         "val_split": "groups" if groups is not None else "rows",
-        "n_rows": int(len(y)),
+        "n_rows": len(y),
         "n_ignored": int(len(y) - len(labelled)),
-        "n_train": int(len(train_rows)),
-        "n_val": int(len(val_rows)),
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
         "device": str(dev),
-        "final_loss": float(loss.item()),
+        "final_loss": loss,
         "selected_epoch": epochs,
         "val_miou": None,
     }
@@ -168,7 +171,8 @@ def _labelled_rows(y: np.ndarray, num_classes: int, ignore_index: int) -> torch.
     bad = keep & ((y < 0) | (y >= num_classes))
     if bad.any():
         raise LabelError(
-            f"label {int(y[bad][0])} is out of range; expected 0..{num_classes - 1} or {ignore_index}"
+            f"label {int(y[bad][0])} is out of range; "
+            f"expected 0..{num_classes - 1} or {ignore_index}"
         )
     return torch.from_numpy(np.flatnonzero(keep))
 
@@ -187,13 +191,39 @@ def _split(
     names = np.unique(row_groups)
     n_val = max(1, round(val_fraction * len(names)))
     if n_val >= len(names):
-        raise ValueError(f"val_fraction={val_fraction} leaves no training group out of {len(names)}")
+        raise ValueError(
+            f"val_fraction={val_fraction} leaves no training group out of {len(names)}"
+        )
     val_names = names[torch.randperm(len(names), generator=gen)[:n_val].numpy()]
     is_val = torch.from_numpy(np.isin(row_groups, val_names))
     return rows[~is_val], rows[is_val]
 
 
-def _make_optimizer(name: str, probe: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _train_epoch(
+    probe: LinearProbe,
+    opt: torch.optim.Optimizer,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    batches: Sequence[torch.Tensor],
+    lr: float,
+    first_step: int,
+    total_steps: int,
+) -> float:
+    """One pass over ``batches`` (row indices) with cosine-decayed lr; returns the last loss."""
+    probe.train()
+    for step, idx in enumerate(batches, start=first_step):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+        loss = nn.functional.cross_entropy(probe(features[idx].float()), targets[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(loss.item())
+
+
+def _make_optimizer(
+    name: str, probe: nn.Module, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     params = probe.parameters()
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -203,7 +233,11 @@ def _make_optimizer(name: str, probe: nn.Module, lr: float, weight_decay: float)
 
 
 def _heldout_miou(
-    probe: LinearProbe, features: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, num_classes: int
+    probe: LinearProbe,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    rows: torch.Tensor,
+    num_classes: int,
 ) -> float:
     """Patch-level mIoU of the probe on held-out training rows."""
     pred = predict(probe, features[rows])

@@ -88,7 +88,7 @@ class SegmentationScore:
         self.cm += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
 
     def result(self) -> dict[str, Any]:
-        """``miou``, ``n_classes_averaged``, ``pixel_accuracy``, ``iou`` (per class), ``n_pixels``."""
+        """Keys ``miou``, ``n_classes_averaged``, ``pixel_accuracy``, ``iou``, ``n_pixels``."""
         miou, n = mean_iou(self.cm)
         return {
             "miou": miou,
@@ -102,7 +102,9 @@ class SegmentationScore:
 def _check_range(values: np.ndarray, num_classes: int, what: str, ignore_index: int | None) -> None:
     bad = (values < 0) | (values >= num_classes)
     if bad.any():
-        allowed = f"0..{num_classes - 1}" + (f" or {ignore_index}" if ignore_index is not None else "")
+        allowed = f"0..{num_classes - 1}" + (
+            f" or {ignore_index}" if ignore_index is not None else ""
+        )
         raise LabelError(
             f"{what} contains value {int(values[bad][0])}; expected class indices {allowed}"
         )

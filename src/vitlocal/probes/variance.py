@@ -35,7 +35,9 @@ class VarianceAccumulator:
         if len(block) == 0:
             return
         if self.mean is not None and block.shape[1] != len(self.mean):
-            raise ValueError(f"block has {block.shape[1]} dims; earlier blocks had {len(self.mean)}")
+            raise ValueError(
+                f"block has {block.shape[1]} dims; earlier blocks had {len(self.mean)}"
+            )
         b_n = len(block)
         b_mean = block.mean(axis=0)
         b_m2 = ((block - b_mean) ** 2).sum(axis=0)

@@ -1,0 +1,41 @@
+"""Snakemake entry point: the feature files of one (dataset, subset, model), one per variant (rules/features.smk)."""
+
+import logging
+
+import torch
+
+from vitlocal.features.pipeline import extract_features
+from vitlocal.workflow import rule_logging
+
+with rule_logging(snakemake.log[0]):  # noqa: F821 (injected by Snakemake); the pipeline logs progress
+    sm = snakemake  # noqa: F821
+    torch.set_num_threads(sm.threads)
+    if len(sm.params.variants) != len(sm.output.features):
+        raise RuntimeError(f"{len(sm.params.variants)} variants for {len(sm.output.features)} outputs")
+    for variant, out_path in zip(sm.params.variants, sm.output.features):
+        stats = extract_features(
+            dataset=sm.params.dataset,
+            root=sm.params.root,
+            manifest=sm.input.manifest,
+            subset=sm.wildcards.subset,
+            model_key=sm.params.model_key,
+            model_overrides=sm.params.model_overrides,
+            variant=variant,
+            layers=sm.params.layers,
+            out_path=out_path,
+            preset=sm.params.preset,
+            weights_dir=sm.params.weights_dir,
+            device=sm.params.device,
+            batch_size=sm.params.batch_size,
+            num_workers=sm.params.num_workers,
+            dtype=sm.params.dtype,
+            autocast=sm.params.autocast,
+            patch_label_method=sm.params.patch_labels,
+            seed=sm.params.seed,
+            bands=sm.params.bands,
+            freq_sigma=sm.params.freq_sigma,
+            frame_size=sm.params.frame_size,
+            data_source=sm.params.data_source,
+            progress=False,
+        )
+        logging.getLogger("vitlocal").info("%s: %s", out_path, stats)

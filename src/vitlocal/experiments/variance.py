@@ -1,0 +1,428 @@
+"""High-variance feature dimensions: Fig 4a-c, the top-m overlap across datasets, Table 6. The numbers.
+
+MAE's patch features carry a few dimensions of huge variance that dominate a
+dot-product k-NN. One function per result, called once per model (the
+workflow runs one job per model and concatenates); each returns tidy rows
+(``segmentation.RESULT_COLUMNS``, plus the extra columns named below).
+Plotting lives elsewhere and reads only these rows.
+
+Conventions (``vitlocal.published.EXPERIMENTS``):
+
+- ``feature_variance`` (Fig 4a): one row per dimension, metric ``variance``
+  (population variance over *all* training patches, void included), in
+  descending order; level and class empty; extra columns ``rank``
+  (0 = largest) and ``dim`` (the feature index). The ``rank`` order also
+  names the dimensions removed by ``variance_removal``: the top ``m`` ranks.
+- ``variance_removal`` (Fig 4b/4c): level ``<m>`` (e.g. ``"200"``); k-NN and linear probe
+  rows per ``m`` (``segmentation.score_rows``). As the authors did, the
+  top-``m`` dimensions are ranked on the training patches and deleted from
+  train and val. An ``m`` that would leave no dimension is skipped with a
+  :class:`DimensionsWarning`.
+- ``bn_standardized`` (Fig 4c markers): level empty; k-NN on features
+  standardised with the training statistics of the labelled training patches
+  (what the linear probe's ``BatchNorm1d(affine=False)`` holds) and, for
+  reference, the linear probe with BatchNorm.
+- ``feature_variance_overlap``: dataset ``"A vs B"``, level ``m=<m>``, probe
+  ``none``; ``count_set_difference`` = ``|top(A) - top(B)|`` for every ordered
+  pair (the published rows), ``count_shared`` = ``|top(A) & top(B)|`` for each
+  pair in input order; the ``settings`` column lists the differing dims.
+- ``r2`` (Table 6): probe ``ridge``, metric ``r2``; level ``full``,
+  ``without_top<m>``, ``only_top<m>``, ``random<m>``; class ``mean`` (R²
+  averaged over the targets, the table's number) or a target class's name.
+
+Small models: the study's ``m`` (200 dims of 768) cannot be used with the
+demo's 48-dim ViTs, so the overlap uses ``C // 4`` when ``m > C`` and Table 6
+uses ``C // 4`` when ``C < 2 m``, with a :class:`DimensionsWarning`; the
+``m`` used is in the level and the ``settings`` column.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vitlocal.errors import ConfigError
+from vitlocal.experiments.probing import fit_linear, knn_result
+from vitlocal.experiments.segmentation import (
+    READERS,
+    RESULT_COLUMNS,
+    EvalTarget,
+    ProbeSettings,
+    SegmentationResult,
+    SplitFeatures,
+    labelled,
+    linear_predictions,
+    load_split,
+    patch_grid,
+    provenance,
+    score_rows,
+    tiling_of,
+    train_linear,
+    with_features,
+)
+from vitlocal.probes.variance import (
+    batchnorm_standardise,
+    feature_variance,
+    keep_dims,
+    random_dims,
+    remove_dims,
+    ridge_r2,
+    top_variance_dims,
+)
+from vitlocal.tiling import TilingSpec, tile_image
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+IGNORE_INDEX = 255
+#: Extra columns of the ``feature_variance`` rows.
+SPECTRUM_COLUMNS = (*RESULT_COLUMNS, "rank", "dim")
+
+
+class DimensionsWarning(UserWarning):
+    """A requested number of dimensions does not fit the model's feature size and was skipped or reduced."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _load(path: PathLike, layer: int | None, model: str) -> SplitFeatures:
+    """Features of ``path`` at ``layer``, checked to be ``model``'s (a wiring error otherwise)."""
+    split = load_split(path, layer)
+    if split.attrs.get("model") != model:
+        raise ConfigError(f"{path} holds features of model {split.attrs.get('model')!r}, not {model!r}")
+    return split
+
+
+def _table(rows: Mapping[str, Any] | pd.DataFrame, attrs: Mapping[str, Any], columns: Sequence[str] = RESULT_COLUMNS,
+           *, settings: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Rows of a non-segmentation result (probe ``none`` / ``ridge``) with the provenance of ``attrs``."""
+    table = pd.DataFrame(rows)
+    record = provenance(attrs, probe="none", knn_metric="")
+    for key, value in record.items():
+        table[key] = value
+    if "settings" not in table.columns:
+        table["settings"] = _json(settings) if settings is not None else ""
+    table["layer"] = table["layer"].astype("Int64")
+    return table[list(columns)]
+
+
+def _json(settings: Mapping[str, Any]) -> str:
+    """The compact JSON ``score_rows`` writes in the ``settings`` column."""
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def _segmentation_rows(
+    result: SegmentationResult, val: SplitFeatures, *, probe: str, settings: Mapping[str, Any],
+    experiment: str, model: str, level: str, target: EvalTarget, probes: ProbeSettings,
+) -> pd.DataFrame:
+    return score_rows(
+        result, experiment=experiment, dataset=target.dataset, model=model, probe=probe, layer=val.layer,
+        level=level, class_names=target.class_names,
+        provenance=provenance(val.attrs, probe=probe, knn_metric=probes.knn_metric, settings=settings),
+    )
+
+
+def feasible_removals(removed_dims: Sequence[int], n_dims: int) -> list[int]:
+    """The ``m`` of ``removed_dims`` that leave at least one of ``n_dims`` dimensions; others warn."""
+    bad = [m for m in removed_dims if int(m) < 0]
+    if bad:
+        raise ConfigError(f"variance.removed_dims has negative values {bad}; expected counts of dimensions >= 0")
+    kept = [int(m) for m in removed_dims if int(m) < n_dims]
+    skipped = [int(m) for m in removed_dims if int(m) >= n_dims]
+    if skipped:
+        warnings.warn(
+            f"removing m={skipped} top-variance dimensions would leave none of the {n_dims}; "
+            f"those levels are skipped (kept m={kept})",
+            DimensionsWarning,
+            stacklevel=3,
+        )
+    return kept
+
+
+def clamp_m(m: int, n_dims: int, *, needed: int, what: str) -> int:
+    """``m`` if ``needed <= n_dims`` (``needed`` dims must exist), else ``n_dims // 4`` with a warning."""
+    if m < 1:
+        raise ConfigError(f"{what}: m={m}; expected a positive number of dimensions")
+    if needed <= n_dims:
+        return m
+    used = max(1, n_dims // 4)
+    warnings.warn(
+        f"{what}: m={m} needs {needed} of the model's {n_dims} feature dimensions; using m={used} (= C // 4)",
+        DimensionsWarning,
+        stacklevel=3,
+    )
+    return used
+
+
+# --------------------------------------------------------------------------- Fig 4a
+
+
+def variance_spectrum_rows(model: str, train_path: PathLike, *, layer: int | None = None) -> pd.DataFrame:
+    """Fig 4a: per-dimension variance of ``model``'s training patches, largest first.
+
+    Columns ``SPECTRUM_COLUMNS``; ``layer`` ``None``: the last stored block.
+    """
+    train = _load(train_path, layer, model)
+    variances = feature_variance(train.x)
+    order = top_variance_dims(variances, len(variances))
+    rows = {
+        "experiment": "feature_variance", "dataset": train.attrs["dataset"], "model": model, "probe": "none",
+        "layer": train.layer, "level": "", "class": "", "metric": "variance",
+        "value": variances[order], "rank": np.arange(len(order)), "dim": order,
+    }
+    return _table(rows, train.attrs, SPECTRUM_COLUMNS, settings={"ddof": 0, "n_patches": len(train.x)})
+
+
+# --------------------------------------------------------------------------- Fig 4b / 4c
+
+
+def variance_removal_rows(
+    model: str,
+    train_path: PathLike,
+    val_path: PathLike,
+    *,
+    removed_dims: Sequence[int],
+    target: EvalTarget,
+    probes: ProbeSettings,
+    layer: int | None = None,
+) -> pd.DataFrame:
+    """Fig 4b/4c: k-NN and linear probe of ``model`` with its top-m variance dims removed, for each m.
+
+    Plus the ``bn_standardized`` rows. Features are read once; variances are
+    ranked once on all training patches. ``layer`` ``None``: the last block
+    stored in the val file.
+    """
+    val = _load(val_path, layer, model)
+    full = _load(train_path, val.layer, model)
+    variances = feature_variance(full.x)
+    train = labelled(full)
+    del full
+    frames: list[pd.DataFrame] = []
+    linear_at_0: tuple[SegmentationResult, dict[str, Any]] | None = None
+    for m in feasible_removals(removed_dims, val.x.shape[1]):
+        dims = top_variance_dims(variances, m)
+        train_m = with_features(train, remove_dims(train.x, dims))
+        val_m = with_features(val, remove_dims(val.x, dims))
+        common = dict(experiment="variance_removal", model=model, level=str(m), target=target, probes=probes)
+        knn, record = knn_result(train_m, val_m, target, probes)
+        frames.append(_segmentation_rows(knn, val, probe="knn", settings={**record, "removed_dims": m}, **common))
+        probe, settings = fit_linear(train_m, model, target, probes)
+        linear = target.score(val, linear_predictions(probe, val_m))
+        frames.append(_segmentation_rows(linear, val, probe="linear", settings={**settings, "removed_dims": m},
+                                         **common))
+        log.info("%s m=%d: k-NN mIoU %.3f, linear mIoU %.3f", model, m, knn.miou, linear.miou)
+        if m == 0:
+            linear_at_0 = (linear, settings)
+    frames += _bn_standardized(model, train, val, target, probes, linear_at_0)
+    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+
+
+def _bn_standardized(
+    model: str, train: SplitFeatures, val: SplitFeatures, target: EvalTarget, probes: ProbeSettings,
+    linear_at_0: tuple[SegmentationResult, dict[str, Any]] | None,
+) -> list[pd.DataFrame]:
+    """k-NN on BatchNorm-standardised features and, for reference, the linear probe with BatchNorm.
+
+    The linear probe of a BatchNorm model at m = 0 *is* that reference, so it is
+    reused rather than trained again.
+    """
+    train_x, val_x = batchnorm_standardise(train.x, val.x)
+    knn, record = knn_result(with_features(train, train_x), with_features(val, val_x), target, probes)
+    record = {**record, "standardised": "train mean and unbiased variance of labelled patches, eps 1e-6"}
+    if probes.batchnorm(model) and linear_at_0 is not None:
+        linear, settings = linear_at_0
+    else:
+        probe, settings = train_linear(train, num_classes=target.num_classes, batchnorm=True,
+                                       settings=probes.linear, seed=probes.seed, device=probes.device)
+        linear = target.score(val, linear_predictions(probe, val))
+    common = dict(experiment="bn_standardized", model=model, level="", target=target, probes=probes)
+    log.info("%s BatchNorm-standardised: k-NN mIoU %.3f, linear mIoU %.3f", model, knn.miou, linear.miou)
+    return [
+        _segmentation_rows(knn, val, probe="knn", settings=record, **common),
+        _segmentation_rows(linear, val, probe="linear", settings=settings, **common),
+    ]
+
+
+# --------------------------------------------------------------------------- overlap across datasets
+
+
+def top_dims_overlap_rows(
+    model: str, paths: Mapping[str, PathLike], *, m: int = 200, layer: int | None = None
+) -> pd.DataFrame:
+    """How many of ``model``'s top-``m`` variance dims the datasets share (``paths``: dataset -> train features).
+
+    ``layer`` ``None``: each file's last stored block (they must agree).
+    """
+    if len(paths) < 2:
+        raise ConfigError(f"top_dims_overlap_rows needs at least two datasets; got {sorted(paths)}")
+    splits = {name: _load(path, layer, model) for name, path in paths.items()}
+    shapes = {name: (split.layer, split.x.shape[1]) for name, split in splits.items()}
+    if len(set(shapes.values())) > 1:
+        raise ConfigError(f"{model}: the feature files differ in (layer, dims): {shapes}; compare one layer")
+    first = next(iter(splits.values()))
+    n_dims = first.x.shape[1]
+    m_used = clamp_m(m, n_dims, needed=m, what=f"{model} top-dims overlap")
+    top = {name: set(top_variance_dims(feature_variance(split.x), m_used).tolist()) for name, split in splits.items()}
+    rows: list[dict[str, Any]] = []
+    for a, b in itertools.permutations(top, 2):
+        rows.append(_overlap_row(a, b, "count_set_difference", top[a] - top[b], m_used))
+    for a, b in itertools.combinations(top, 2):
+        rows.append(_overlap_row(a, b, "count_shared", top[a] & top[b], m_used))
+    table = pd.DataFrame(rows).assign(
+        experiment="feature_variance_overlap", model=model, probe="none", layer=first.layer,
+        level=f"m={m_used}", **{"class": ""},
+    )
+    out = _table(table, first.attrs)
+    sources = {split.attrs.get("data_source") for split in splits.values()}
+    if len(sources) > 1:
+        out["data"] = "mixed"
+    return out
+
+
+def _overlap_row(a: str, b: str, metric: str, dims: set[int], m: int) -> dict[str, Any]:
+    return {"dataset": f"{a} vs {b}", "metric": metric, "value": len(dims),
+            "settings": _json({"m": m, "elements": sorted(dims)})}
+
+
+# --------------------------------------------------------------------------- Table 6
+
+
+def tile_class_counts(
+    dataset: str, root: PathLike, manifest: pd.DataFrame, tiling: TilingSpec, num_classes: int
+) -> np.ndarray:
+    """``(n_images, n_tiles, num_classes)`` int64 labelled pixels per class in every tile's full-resolution label map.
+
+    Tiles are cut as the features were (``tiling.tile_image``: ``resize_to``
+    first, row-major tiles); ignore pixels (255) are not counted.
+    """
+    if dataset not in READERS:
+        raise ConfigError(f"tile label maps are read for {sorted(READERS)}, not {dataset!r}")
+    out = np.empty((len(manifest), tiling.n_tiles, num_classes), dtype=np.int64)
+    for i, row in enumerate(manifest.to_dict("records")):
+        _, labels = READERS[dataset](str(root), row)
+        tiles = tile_image(labels, tiling).reshape(tiling.n_tiles, -1).astype(np.int64)
+        valid = tiles != IGNORE_INDEX
+        if valid.any() and tiles[valid].max() >= num_classes:
+            raise ConfigError(
+                f"{row['label_path']}: label {int(tiles[valid].max())} outside 0..{num_classes - 1} "
+                f"(and not {IGNORE_INDEX})"
+            )
+        key = np.arange(tiling.n_tiles)[:, None] * num_classes + tiles
+        out[i] = np.bincount(key[valid], minlength=tiling.n_tiles * num_classes).reshape(tiling.n_tiles, num_classes)
+    return out
+
+
+def unique_images(manifest: pd.DataFrame) -> pd.DataFrame:
+    """``manifest`` with each image once (first occurrence): a repeated image has the same label map."""
+    return manifest.drop_duplicates("sample_id").reset_index(drop=True)
+
+
+def central_patches(split: SplitFeatures, manifest: pd.DataFrame, n_tiles: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``split`` at each tile's central patch (row ``gh // 2``, col ``gw // 2``) and their tile positions.
+
+    Position = image index in ``manifest`` (unique ``sample_id``) * ``n_tiles`` + ``tile_id``.
+    """
+    gh, gw = patch_grid(split)
+    meta = split.meta
+    rows = np.flatnonzero((meta["patch_row"].to_numpy() == gh // 2) & (meta["patch_col"].to_numpy() == gw // 2))
+    sample_ids = meta["sample_id"].to_numpy()[rows].astype(str)
+    image = pd.Index(manifest["sample_id"].astype(str)).get_indexer(sample_ids)
+    if (image < 0).any():
+        raise ConfigError(
+            f"{split.name}: sample {sample_ids[image < 0][0]!r} is not in the manifest the label maps come from"
+        )
+    position = image * n_tiles + meta["tile_id"].to_numpy()[rows].astype(np.int64)
+    if len(np.unique(position)) != len(position):
+        raise ConfigError(f"{split.name}: some tile has more than one central patch; is an image stored twice?")
+    return rows, position
+
+
+def tile_fractions(counts: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Share of each tile's *labelled* pixels in ``classes`` ``(n_tiles, len(classes))``, and which tiles have any.
+
+    Ignore pixels are left out of the denominator (they are not a class); a
+    tile without a labelled pixel has no defined fraction.
+    """
+    flat = counts.reshape(-1, counts.shape[-1])
+    total = flat.sum(axis=1)
+    has_labels = total > 0
+    fractions = np.zeros((len(flat), len(classes)))
+    fractions[has_labels] = flat[has_labels][:, list(classes)] / total[has_labels, None]
+    return fractions, has_labels
+
+
+def r2_rows(
+    model: str,
+    train_path: PathLike,
+    val_path: PathLike,
+    *,
+    train_manifest: pd.DataFrame,
+    target: EvalTarget,
+    m: int = 200,
+    top_classes: int = 3,
+    alpha: float = 1.0,
+    seed: int = 0,
+    layer: int | None = None,
+) -> pd.DataFrame:
+    """Table 6: ridge R² of the top classes' pixel fractions per tile from the tile's central patch embedding.
+
+    Targets: the fractions, among a tile's labelled pixels, of the
+    ``top_classes`` classes with the most labelled pixels in the *training*
+    tiles. Ridge (``alpha``) is fitted on the training tiles and scored on
+    the val tiles (``target``'s manifest), with four inputs: all dims, without
+    the top-``m`` variance dims (ranked on all training patches), only those,
+    and ``m`` dims drawn with ``seed``. ``layer`` ``None``: the last stored block.
+    """
+    val = _load(val_path, layer, model)
+    train = _load(train_path, val.layer, model)
+    n_dims = train.x.shape[1]
+    m_used = clamp_m(m, n_dims, needed=2 * m, what=f"{model} Table 6 (R²)")
+    top = top_variance_dims(feature_variance(train.x), m_used)
+    counts = {}
+    data = {}
+    for name, split, manifest in (("train", train, train_manifest), ("val", val, target.manifest)):
+        manifest = unique_images(manifest)
+        tiling = tiling_of(split, target.tiling)
+        counts[name] = tile_class_counts(target.dataset, target.root, manifest, tiling, target.num_classes)
+        data[name] = central_patches(split, manifest, tiling.n_tiles)
+    classes = np.argsort(-counts["train"].sum(axis=(0, 1)), kind="stable")[:top_classes]
+    xy = {}
+    for name, split in (("train", train), ("val", val)):
+        rows, position = data[name]
+        fractions, has_labels = tile_fractions(counts[name], classes)
+        keep = has_labels[position]
+        if not keep.all():
+            log.info("%s: %d of %d %s tiles have no labelled pixel and are left out", model, (~keep).sum(), len(keep), name)
+        xy[name] = (split.x[rows[keep]], fractions[position[keep]])
+    inputs = {
+        "full": np.arange(n_dims),
+        f"without_top{m_used}": np.setdiff1d(np.arange(n_dims), top),
+        f"only_top{m_used}": np.sort(top),
+        f"random{m_used}": random_dims(n_dims, m_used, seed),
+    }
+    names = [target.class_names[c] for c in classes]
+    settings = {
+        "alpha": alpha, "m": m_used, "seed": seed, "target_classes": names, "central_patch": [size // 2 for size in patch_grid(val)],
+        "fraction_of": "labelled pixels of the tile", "n_train_tiles": len(xy["train"][1]), "n_val_tiles": len(xy["val"][1]),
+    }
+    rows_out = []
+    for level, dims in inputs.items():
+        x_train, x_val = keep_dims(xy["train"][0], dims), keep_dims(xy["val"][0], dims)
+        (_, y_train), (_, y_val) = xy["train"], xy["val"]
+        values = [ridge_r2(x_train, y_train, x_val, y_val, alpha)]
+        values += [ridge_r2(x_train, y_train[:, j], x_val, y_val[:, j], alpha) for j in range(len(classes))]
+        for cls, value in zip(["mean", *names], values):
+            rows_out.append({"class": cls, "level": level, "value": value})
+    table = pd.DataFrame(rows_out).assign(
+        experiment="r2", dataset=target.dataset, model=model, probe="ridge", layer=val.layer, metric="r2",
+    )
+    return _table(table, val.attrs, settings=settings)
