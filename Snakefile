@@ -3,7 +3,7 @@
 #
 #   snakemake --cores 8 all                                  # paper preset (config.yaml)
 #   snakemake --cores 2 all --configfile config/demo.yaml    # embedded demo
-#   snakemake --cores 8 subsets                              # one stage / target
+#   snakemake --cores 8 fig2                                 # one figure (see README)
 
 from snakemake.utils import min_version
 
@@ -18,6 +18,9 @@ include: "rules/data.smk"
 include: "rules/subsets.smk"
 include: "rules/weights.smk"
 include: "rules/features.smk"
+include: "rules/experiments.smk"
+include: "rules/figures.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vitlocal.features.engine import ImageTiles, default_autocast, extract
-from vitlocal.features.store import FeatureWriter, read_features
+from vitlocal.features.store import FeatureWriter, blob_rows, read_features
 from vitlocal.io import read_rgb, write_png
 from vitlocal.models.extractor import build_extractor
 from vitlocal.models.registry import ModelSpec, demo_variant, resolve
@@ -176,15 +176,20 @@ def read_vs_npload(path: Path, tmp: Path) -> tuple[float, float, int]:
     return t_parquet, t_npy, sum(a.nbytes for a in arrays.values())
 
 
-def _rss_child(setup: Setup, paths: list[Path], out: Path, row_group_mb: float) -> int:
+def _rss_child(queue, setup: Setup, paths: list[Path], out: Path, row_group_mb: float) -> None:
     end_to_end(setup, paths, out, row_group_mb)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 
 
 def peak_rss_mb(setup: Setup, paths: list[Path], out: Path, row_group_mb: float) -> float:
-    """Peak RSS of a fresh process running the pipeline (workers excluded: they do not hold features)."""
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_rss_child, (setup, paths, out, row_group_mb)) / 1024
+    """Peak RSS of a fresh process running the pipeline (loader workers excluded: they hold no features)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_rss_child, args=(queue, setup, paths, out, row_group_mb))
+    child.start()
+    peak = queue.get()
+    child.join()
+    return peak / 1024
 
 
 # ---- storage layouts -------------------------------------------------------
@@ -202,12 +207,9 @@ def _read_column(path: Path, x: np.ndarray, blob: bool) -> np.ndarray:
     pf = pq.ParquetFile(path, memory_map=True)
     out, start = np.empty_like(x), 0
     for group in range(pf.num_row_groups):
-        chunk = pf.read_row_group(group, columns=["e"]).column("e").combine_chunks()
-        if blob:
-            flat = np.frombuffer(chunk.buffers()[1], x.dtype, len(chunk) * x.shape[1], chunk.offset * x.shape[1] * x.itemsize)
-        else:
-            flat = chunk.values.to_numpy(zero_copy_only=False)
-        out[start : start + len(chunk)] = flat.reshape(-1, x.shape[1])
+        chunk = pf.read_row_group(group, columns=["e"], use_threads=False).column("e").combine_chunks()
+        rows = blob_rows(chunk, x.dtype, x.shape[1]) if blob else chunk.values.to_numpy(zero_copy_only=False)
+        out[start : start + len(chunk)] = rows.reshape(-1, x.shape[1])
         start += len(chunk)
     return out
 
@@ -251,22 +253,24 @@ def layout_table(n_rows: int, tmp: Path, dim: int = 768, seed: int = 0) -> list[
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as fh:
+        cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}){gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}){gpu}, torch {torch.__version__}, {threads} threads"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="few images (4 + 8 for the RSS runs)")
+    parser.add_argument("--quick", action="store_true", help="8 images (4 and 8 for RSS), 20k-row layout table")
     parser.add_argument("--model", choices=["vitb", "tiny"], default="vitb")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--images", type=int, help="images for the throughput runs (default 4 quick, 32 full)")
+    parser.add_argument("--images", type=int, help="images for the throughput runs (default 8 quick, 32 full)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 2) // 2)))
-    parser.add_argument("--layout-rows", type=int, help="rows of the layout comparison (default 20k quick, 200k full)")
+    parser.add_argument("--layout-rows", type=int, help="rows of the layout table (default 20k quick, 200k full)")
     args = parser.parse_args()
-    n_images = args.images or (4 if args.quick else 32)
+    n_images = args.images or (8 if args.quick else 32)
     layout_rows = args.layout_rows or (20_000 if args.quick else 200_000)
     setup = Setup(model_spec(args.model), args.device, args.batch_size, args.workers)
     tiles_per_image = TILING.n_tiles
@@ -285,7 +289,8 @@ def main() -> None:
     print(f"## Extraction benchmark\n\n{machine()}\n")
     print(f"model {setup.spec.key} ({setup.spec.arch}, width {setup.spec.embed_dim}, {setup.spec.weights_label}), "
           f"device {setup.device}, batch {setup.batch_size}, {setup.num_workers} loader workers, "
-          f"{n_images} images of {IMAGE_HW[0]}x{IMAGE_HW[1]} -> {n_tiles} tiles, all {setup.spec.depth} layers, float16\n")
+          f"{n_images} images of {IMAGE_HW[0]}x{IMAGE_HW[1]} -> {n_tiles} tiles, "
+          f"all {setup.spec.depth} layers, float16\n")
     print("| measure | value |\n|---|---|")
     print(f"| model-only | {n_tiles / t_model:.1f} tiles/s ({n_tiles / t_model / tiles_per_image:.2f} images/s) |")
     print(f"| end-to-end (PNG -> Parquet) | {n_tiles / t_e2e:.1f} tiles/s ({n_images / t_e2e:.2f} images/s) |")

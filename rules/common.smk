@@ -32,11 +32,13 @@ def dataset_root(name):
     return config["datasets"][name]["root"]
 
 
-def get_dataset_input(wildcards):
+def dataset_input(name):
     """Synthetic data is a workflow output; official data is checked by the job itself."""
-    if wildcards.dataset in SYNTHETIC_DATASETS:
-        return {"data": f"{RESULTS}/data/{wildcards.dataset}"}
-    return {}
+    return {"data": f"{RESULTS}/data/{name}"} if name in SYNTHETIC_DATASETS else {}
+
+
+def get_dataset_input(wildcards):
+    return dataset_input(wildcards.dataset)
 
 
 def subset_manifests():
@@ -48,7 +50,14 @@ def subset_manifests():
 
 
 def get_final_outputs():
-    return [*subset_manifests(), *feature_files()]
+    """Every figure and table, the reproduction report, and the features of the
+    retrieval and tracking models (their figures come in later stages)."""
+    return [
+        *subset_manifests(),
+        *feature_files(),
+        *[path for figure in FIGURES for path in output_paths(figure, RESULTS).values()],
+        f"{RESULTS}/report/reproduction.md",
+    ]
 
 
 # --- models -----------------------------------------------------------------
@@ -189,3 +198,86 @@ EXTRACT_PARAMS = dict(
     freq_sigma=config["degradations"]["frequency_noise_sigma"],
     frame_size=config["tracking"]["frame_size"],
 )
+
+
+# --- experiments ------------------------------------------------------------
+
+from vitlocal.experiments.runner import EXPERIMENTS as EXPERIMENT_NAMES
+
+MAIN_TRAIN = config["subsets"]["cityscapes"]["main_train_set"]
+
+
+wildcard_constraints:
+    experiment="|".join(EXPERIMENT_NAMES),
+
+
+def experiment_file(experiment, model):
+    return f"{RESULTS}/experiments/{experiment}/{model}.csv"
+
+
+def experiment_files(experiment, models):
+    return [experiment_file(experiment, model) for model in models]
+
+
+def overlap_models():
+    """Models with features on all three datasets of the top-dims overlap (paper: MAE)."""
+    return [m for m in config["variance"]["overlap_models"] if m in config["study_models"] and m in config["retrieval_models"]]
+
+
+def _experiment_inputs(experiment, model):
+    """Feature files and manifests of one experiment job, by role (see experiments/runner.py)."""
+    cs_val = feature_file("cityscapes", "val", model)
+    main = feature_file("cityscapes", MAIN_TRAIN, model)
+    manifests = {"val_manifest": f"{RESULTS}/subsets/cityscapes/val.csv"}
+    if experiment == "train_size":
+        sets = config["subsets"]["cityscapes"]["train_sets"]
+        return {"train_sets": {name: feature_file("cityscapes", name, model) for name in sets}, "val": cs_val, **manifests}
+    if experiment in ("layerwise", "variance_removal"):
+        return {"train": main, "val": cs_val, **manifests}
+    if experiment == "r2":
+        return {"train": main, "val": cs_val, "train_manifest": f"{RESULTS}/subsets/cityscapes/{MAIN_TRAIN}.csv", **manifests}
+    if experiment == "degradation":
+        variants = ["clean", *degradation_variants()]
+        return {"train": main, "val_variants": {v: feature_file("cityscapes", "val", model, v) for v in variants}, **manifests}
+    if experiment == "ade20k":
+        return {"train": feature_file("ade20k", "train", model), "val": feature_file("ade20k", "val", model),
+                "val_manifest": f"{RESULTS}/subsets/ade20k/val.csv"}
+    if experiment == "feature_variance":
+        return {"train": main}
+    if experiment == "top_dims_overlap":
+        split = config["subsets"]["fair1m"]["split"]
+        return {"train_by_dataset": {"cityscapes": main, "ade20k": feature_file("ade20k", "train", model),
+                                     "fair1m": feature_file("fair1m", split, model)}}
+    raise ValueError(f"no inputs defined for experiment {experiment!r}")
+
+
+def experiment_inputs(wildcards):
+    return _experiment_inputs(wildcards.experiment, wildcards.model)
+
+
+def flat_inputs(wildcards):
+    """Every file of ``experiment_inputs`` as a flat list (Snakemake tracks files, not roles)."""
+    files = []
+    for value in experiment_inputs(wildcards).values():
+        files += list(value.values()) if isinstance(value, dict) else [value]
+    return files
+
+
+def demo_subject():
+    """What makes this preset's outputs a demo, or None for the real study."""
+    parts = []
+    if SYNTHETIC_DATASETS:
+        parts.append("synthetic data")
+    if any(spec.weights == "random" for spec in MODEL_SPECS.values()):
+        parts.append("random weights")
+    return " and ".join(parts) or None
+
+
+def data_source():
+    if not SYNTHETIC_DATASETS:
+        return "official"
+    return "synthetic" if len(SYNTHETIC_DATASETS) == len(DATASETS) else "mixed"
+
+
+def weights_summary():
+    return "random weights" if any(s.weights == "random" for s in MODEL_SPECS.values()) else "pretrained checkpoints"

@@ -10,9 +10,10 @@ from vitlocal.workflow import rule_logging
 with rule_logging(snakemake.log[0]):  # noqa: F821 (injected by Snakemake); the pipeline logs progress
     sm = snakemake  # noqa: F821
     torch.set_num_threads(sm.threads)
-    if len(sm.params.variants) != len(sm.output.features):
-        raise RuntimeError(f"{len(sm.params.variants)} variants for {len(sm.output.features)} outputs")
-    for variant, out_path in zip(sm.params.variants, sm.output.features):
+    outputs = list(sm.output)  # one file per variant, in the order of params.variants
+    if len(sm.params.variants) != len(outputs):
+        raise RuntimeError(f"{len(sm.params.variants)} variants for {len(outputs)} outputs")
+    for variant, out_path in zip(sm.params.variants, outputs):
         stats = extract_features(
             dataset=sm.params.dataset,
             root=sm.params.root,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import timm
@@ -146,6 +147,8 @@ def test_patch_metadata_order(tmp_path, model):
 
 
 def test_workers_give_the_same_file_content(tmp_path, model):
+    # Use OpenCV's thread pool in this process first: forked workers then deadlocked in cv2.
+    cv2.resize(np.zeros((2048, 2048), np.float32), (1024, 1024), interpolation=cv2.INTER_CUBIC)
     run(tmp_path / "a.parquet", model, num_workers=0)
     run(tmp_path / "b.parquet", model, num_workers=1, images_per_load=2, batch_size=5)
     meta_a, a = read_features(tmp_path / "a.parquet")

@@ -299,3 +299,15 @@ def test_probe_settings_from_config(demo_config):
     assert probes.device == "cpu"
     with pytest.raises(ConfigError, match="unknown"):
         seg.train_linear(None, num_classes=3, batchnorm=False, settings={"epoch": 3}, seed=0)
+
+
+def test_check_compatible_refuses_mixed_settings(handmade):
+    root, _, meta, preds, _ = handmade
+    val = _val_file(root / "val.parquet", meta, preds)
+    train = _train_file(root / "train.parquet")
+    seg.check_compatible(train, val)
+    other = seg.SplitFeatures(val.x, val.labels, val.meta, {**val.attrs, "weights": "official"}, 12)
+    with pytest.raises(ConfigError, match="weights='random'"):
+        seg.check_compatible(train, other)
+    with pytest.raises(ConfigError, match="layer 12 with 3 dims"):
+        seg.check_compatible(train, seg.with_features(val, val.x[:, :2]))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,16 +15,19 @@ from sklearn.metrics import r2_score
 
 from vitlocal import subsets
 from vitlocal.datasets import cityscapes
+from vitlocal.errors import ConfigError
 from vitlocal.experiments.segmentation import (
     EvalTarget,
     ProbeSettings,
     knn_predictions,
+    labelled,
     load_split,
     with_features,
 )
 from vitlocal.experiments.variance import (
     DimensionsWarning,
     r2_rows,
+    tile_fractions,
     top_dims_overlap_rows,
     variance_removal_rows,
     variance_spectrum_rows,
@@ -30,6 +35,7 @@ from vitlocal.experiments.variance import (
 from vitlocal.features.store import FeatureWriter
 from vitlocal.probes.variance import random_dims
 from vitlocal.published import check_our_levels
+from vitlocal.reproduction import read_results
 from vitlocal.synthetic import generate
 from vitlocal.tiling import TilingSpec, patch_labels, tile_image
 
@@ -39,8 +45,12 @@ N_CLASSES = len(cityscapes.CLASSES)
 #: Feature layout: a scaled one-hot of the patch's class, then NOISY dims of huge variance.
 NOISY = (19, 20, 21, 22)
 N_DIMS = N_CLASSES + len(NOISY)
+#: A dim of huge variance in the val features only: ranking dims on val instead of train would remove it.
+VAL_NOISE = 18
 LAYER = 12
-SETTINGS = {"lists_dir": "config/subsets/cityscapes", "train_sets": {"set4": "training_set4.csv"},
+PROBES = ProbeSettings(knn_k=1, knn_metric="dot", linear={"epochs": 2, "batch_size": 1024},
+                       batchnorm_models=("mae",), seed=0, device="cpu")
+SETTINGS = {"lists_dir": Path(__file__).resolve().parents[1] / "config/subsets/cityscapes", "train_sets": {"set4": "training_set4.csv"},
             "val_set": "validation_set.csv"}
 
 
@@ -53,8 +63,11 @@ def _attrs(split: str, dataset: str = "cityscapes") -> dict:
     }
 
 
-def _write_planted(path, root, manifest: pd.DataFrame, split: str, seed: int) -> None:
-    """Every patch: 3 x one-hot(class) + N(0, 0.1), and N(0, 30) in the ``NOISY`` dims (void: no one-hot)."""
+def _write_planted(path, root, manifest: pd.DataFrame, split: str, seed: int, val_noise: int | None = None) -> None:
+    """Every patch: 3 x one-hot(class) + N(0, 0.1), and N(0, 30) in the ``NOISY`` dims (void: no one-hot).
+
+    ``val_noise``: a class dim that gets N(0, 40) too, so this split ranks dims unlike the training split.
+    """
     rng = np.random.default_rng(seed)
     with FeatureWriter(path, _attrs(split), dtype="float32") as writer:
         for row in manifest.to_dict("records"):
@@ -65,6 +78,8 @@ def _write_planted(path, root, manifest: pd.DataFrame, split: str, seed: int) ->
             has_class = label != 255
             x[np.flatnonzero(has_class), label[has_class]] += 3.0
             x[:, NOISY] = rng.normal(0.0, 30.0, (len(label), len(NOISY)))
+            if val_noise is not None:
+                x[:, val_noise] += rng.normal(0.0, 40.0, len(label))
             meta = pd.DataFrame({"sample_id": row["sample_id"], "tile_id": tile, "patch_row": prow, "patch_col": pcol,
                                  "label": label, "image_h": labels.shape[0], "image_w": labels.shape[1]})
             writer.write(meta, {LAYER: x.astype(np.float32)})
@@ -79,13 +94,11 @@ def data(tmp_path_factory):
         train = subsets.select_subset("cityscapes", "set4", root=root, settings=SETTINGS, seed=0).head(10)
         val = subsets.select_subset("cityscapes", "val", root=root, settings=SETTINGS, seed=0)
     _write_planted(tmp / "train.parquet", root, train, "set4", seed=1)
-    _write_planted(tmp / "val.parquet", root, val, "val", seed=2)
+    _write_planted(tmp / "val.parquet", root, val, "val", seed=2, val_noise=VAL_NOISE)
+    _write_planted(tmp / "val_clean.parquet", root, val, "val", seed=2)
     return {"root": root, "train_manifest": train, "target": EvalTarget.load("cityscapes", root, val),
-            "train": tmp / "train.parquet", "val": tmp / "val.parquet", "tmp": tmp}
-
-
-PROBES = ProbeSettings(knn_k=1, knn_metric="dot", linear={"epochs": 2, "batch_size": 1024},
-                       batchnorm_models=("mae",), seed=0, device="cpu")
+            "train": tmp / "train.parquet", "val": tmp / "val.parquet", "val_clean": tmp / "val_clean.parquet",
+            "tmp": tmp}
 
 
 def _miou(rows: pd.DataFrame, experiment: str, probe: str, level: str) -> float:
@@ -118,19 +131,22 @@ def test_variance_removal_drops_the_top_train_dims(data) -> None:
     knn_4 = _miou(rows, "variance_removal", "knn", "4")
     # The planted noise dims swamp the dot product; removing them rescues k-NN.
     assert knn_0 < 0.2 and knn_4 > knn_0 + 0.3
-    # Exactly the planted dims went: the same k-NN on the class dims by hand gives the same score.
+    # Exactly the train's top dims went (not val's, which rank VAL_NOISE first): same k-NN by hand, same score.
     train, val = load_split(data["train"], LAYER), load_split(data["val"], LAYER)
     keep = [d for d in range(N_DIMS) if d not in NOISY]
     preds = knn_predictions(with_features(train, train.x[:, keep]), with_features(val, val.x[:, keep]))
     assert knn_4 == pytest.approx(data["target"].score(val, preds).miou, abs=1e-12)
     settings = json.loads(rows.loc[(rows["level"] == "4") & (rows["probe"] == "knn"), "settings"].iloc[0])
     assert settings["removed_dims"] == 4 and settings["metric"] == "dot"
+    # The rows satisfy the reproduction report's contract.
+    rows.to_csv(data["tmp"] / "removal.csv", index=False)
+    assert len(read_results([data["tmp"] / "removal.csv"])) == len(rows)
 
 
 def test_bn_standardized_rows(data) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        rows = variance_removal_rows("mae", data["train"], data["val"], removed_dims=[0],
+        rows = variance_removal_rows("mae", data["train"], data["val_clean"], removed_dims=[0],
                                      target=data["target"], probes=PROBES)
     bn = rows[rows["experiment"] == "bn_standardized"]
     assert sorted(bn["probe"].unique()) == ["knn", "linear"] and (bn["level"] == "").all()
@@ -139,6 +155,32 @@ def test_bn_standardized_rows(data) -> None:
     assert _miou(rows, "bn_standardized", "knn", "") > _miou(rows, "variance_removal", "knn", "0") + 0.3
     # MAE's linear probe already has BatchNorm: the reference is the m=0 probe, not a second one.
     assert _miou(rows, "bn_standardized", "linear", "") == _miou(rows, "variance_removal", "linear", "0")
+    # A model without BatchNorm in its probe gets one trained for the reference.
+    plain = dataclasses.replace(PROBES, batchnorm_models=())
+    rows = variance_removal_rows("mae", data["train"], data["val"], removed_dims=[], target=data["target"],
+                                 probes=plain)
+    assert set(rows["experiment"]) == {"bn_standardized"}
+    assert json.loads(rows.loc[rows["probe"] == "linear", "settings"].iloc[0])["batchnorm"] is True
+    # Statistics of the labelled training patches standardise both splits (val's own noise stays).
+    train, val = labelled(load_split(data["train"], LAYER)), load_split(data["val"], LAYER)
+    mean, std = train.x.astype(np.float64).mean(axis=0), train.x.astype(np.float64).std(axis=0, ddof=1)
+    preds = knn_predictions(with_features(train, (train.x - mean) / np.sqrt(std**2 + 1e-6)),
+                            with_features(val, (val.x - mean) / np.sqrt(std**2 + 1e-6)))
+    # (float32 rounding of the two standardisations may flip a rare near-tie: ~1e-4 of mIoU per patch)
+    assert _miou(rows, "bn_standardized", "knn", "") == pytest.approx(
+        data["target"].score(val, preds).miou, abs=2e-3)
+
+
+def test_tile_fractions_leave_out_ignore_pixels_and_empty_tiles() -> None:
+    counts = np.array([[2, 0, 2], [0, 0, 0], [1, 3, 0]])
+    fractions, has_labels = tile_fractions(counts, [1, 0])
+    np.testing.assert_array_equal(fractions, [[0.0, 0.5], [0.0, 0.0], [0.75, 0.25]])
+    assert has_labels.tolist() == [True, False, True]
+
+
+def test_features_of_another_model_are_refused(data) -> None:
+    with pytest.raises(ConfigError, match="model 'mae', not 'dino'"):
+        variance_spectrum_rows("dino", data["train"])
 
 
 def _write_dims(path, dataset: str, top: list[int], seed: int) -> None:
@@ -147,8 +189,8 @@ def _write_dims(path, dataset: str, top: list[int], seed: int) -> None:
     n = 400
     x = rng.normal(size=(n, N_DIMS))
     x[:, top] *= np.linspace(20, 10, len(top))
-    meta = pd.DataFrame({"sample_id": "a", "tile_id": 0, "patch_row": np.arange(n) // 20, "patch_col": np.arange(n) % 20,
-                         "label": 0, "image_h": 64, "image_w": 64})
+    meta = pd.DataFrame({"sample_id": "a", "tile_id": 0, "patch_row": np.arange(n) // 20,
+                         "patch_col": np.arange(n) % 20, "label": 0, "image_h": 64, "image_w": 64})
     with FeatureWriter(path, _attrs("train", dataset), dtype="float32") as writer:
         writer.write(meta, {LAYER: x.astype(np.float32)})
 

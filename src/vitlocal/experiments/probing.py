@@ -182,7 +182,8 @@ def layerwise_rows(
     for layer in layers:
         val = load_split(val_path, layer)
         if linear:
-            frames += _both_probes(model, train_path, val, experiment="layerwise", level="", target=target, probes=probes)
+            frames += _both_probes(model, train_path, val, experiment="layerwise", level="",
+                                   target=target, probes=probes)
             continue
         train = labelled(load_split(train_path, layer))
         result, record = knn_result(train, val, target, probes)

@@ -56,7 +56,10 @@ def display_size(hw: Sequence[int], max_width: int) -> tuple[int, int]:
     return max(1, round(h * max_width / w)), max_width
 
 
-def _image_and_gt(target: EvalTarget, sample_id: str, tiling: TilingSpec, max_width: int) -> tuple[np.ndarray, np.ndarray]:
+def _image_and_gt(
+    target: EvalTarget, sample_id: str, tiling: TilingSpec, max_width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image and its label map as tiled, downsampled for display."""
     rows = target.manifest[target.manifest["sample_id"].astype(str) == str(sample_id)]
     if rows.empty:
         raise ConfigError(f"sample {sample_id!r} is not in the {target.dataset} val manifest")

@@ -127,9 +127,13 @@ def with_features(split: SplitFeatures, x: np.ndarray) -> SplitFeatures:
 def labelled(split: SplitFeatures, ignore_index: int = IGNORE_INDEX) -> SplitFeatures:
     """Only the patches with a class label: a training set prepared once for many k-NN queries."""
     keep = split.labels != ignore_index
-    if keep.all():
-        return split
-    return dataclasses.replace(split, x=split.x[keep], labels=split.labels[keep], meta=split.meta[keep].reset_index(drop=True))
+    return split if keep.all() else _rows_of(split, keep)
+
+
+def _rows_of(split: SplitFeatures, keep: np.ndarray) -> SplitFeatures:
+    """The patches of ``split`` where the boolean ``keep`` is set."""
+    meta = split.meta[keep].reset_index(drop=True)
+    return dataclasses.replace(split, x=split.x[keep], labels=split.labels[keep], meta=meta)
 
 
 def check_compatible(train: SplitFeatures, val: SplitFeatures) -> None:
@@ -252,8 +256,9 @@ def patch_grid(val: SplitFeatures) -> tuple[int, int]:
 
 
 def pixel_patch_index(image_hw: Sequence[int], tiling: TilingSpec, grid: Sequence[int]) -> np.ndarray:
-    """(H, W) int64: the image's patch (``tile_id * gh * gw + patch_row * gw + patch_col``) each pixel shows after stitching.
+    """(H, W) int64: which patch of the image each pixel shows after stitching.
 
+    Patches are numbered ``tile_id * gh * gw + patch_row * gw + patch_col``;
     ``image_hw`` is the size of the tiled image (after ``resize_to``); this is
     the pixel -> patch map of ``tiling.stitch`` (nearest-exact per tile).
     """
@@ -402,13 +407,13 @@ def select_samples(split: SplitFeatures, sample_ids: Sequence[str]) -> SplitFeat
     absent = sorted(set(map(str, sample_ids)) - set(split.meta["sample_id"].astype(str)))
     if absent:
         raise ConfigError(f"{split.name}: no patches of sample(s) {absent}")
-    return dataclasses.replace(split, x=split.x[keep], labels=split.labels[keep], meta=split.meta[keep].reset_index(drop=True))
+    return _rows_of(split, keep)
 
 
 def stitch_predictions(
     val: SplitFeatures, preds: np.ndarray, sample_id: str, tiling: TilingSpec | None = None
 ) -> np.ndarray:
-    """[code] Full-resolution prediction map (uint8, size of the tiled image) of one val image, via ``tiling.stitch``."""
+    """[code] Full-resolution prediction map of one val image via ``tiling.stitch`` (uint8, tiled-image size)."""
     tiling = tiling_of(val, tiling)
     gh, gw = patch_grid(val)
     rows = (val.meta["sample_id"].astype(str) == str(sample_id)).to_numpy()
@@ -416,7 +421,8 @@ def stitch_predictions(
         raise ConfigError(f"{val.name}: no patches of sample {sample_id!r}")
     meta = val.meta[rows]
     grid = np.full((tiling.n_tiles, gh, gw), -1, dtype=np.int64)
-    grid[meta["tile_id"].to_numpy(), meta["patch_row"].to_numpy(), meta["patch_col"].to_numpy()] = np.asarray(preds)[rows]
+    tile, row, col = (meta[c].to_numpy() for c in ("tile_id", "patch_row", "patch_col"))
+    grid[tile, row, col] = np.asarray(preds)[rows]
     if (grid < 0).any():
         raise ConfigError(f"{val.name}: sample {sample_id!r} lacks predictions for some patches")
     tiled_hw = tiling.image_hw((int(meta["image_h"].iloc[0]), int(meta["image_w"].iloc[0])))
@@ -503,7 +509,9 @@ class ProbeSettings:
 # --------------------------------------------------------------------------- tidy rows
 
 
-def provenance(attrs: Mapping[str, Any], *, probe: str, knn_metric: str, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def provenance(
+    attrs: Mapping[str, Any], *, probe: str, knn_metric: str, settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Provenance columns of a row from a feature file's attrs; ``knn_metric`` is empty for non-k-NN rows."""
     if "data_source" not in attrs:
         raise ConfigError(f"feature file of model {attrs.get('model')!r} records no data_source (synthetic/official)")

@@ -124,6 +124,7 @@ def _segmentation_rows(
     result: SegmentationResult, val: SplitFeatures, *, probe: str, settings: Mapping[str, Any],
     experiment: str, model: str, level: str, target: EvalTarget, probes: ProbeSettings,
 ) -> pd.DataFrame:
+    """``score_rows`` of one probe's result with the provenance of the val features."""
     return score_rows(
         result, experiment=experiment, dataset=target.dataset, model=model, probe=probe, layer=val.layer,
         level=level, class_names=target.class_names,
@@ -260,35 +261,37 @@ def top_dims_overlap_rows(
 ) -> pd.DataFrame:
     """How many of ``model``'s top-``m`` variance dims the datasets share (``paths``: dataset -> train features).
 
-    ``layer`` ``None``: each file's last stored block (they must agree).
+    ``layer`` ``None``: each file's last stored block (they must agree). One
+    file is in memory at a time.
     """
     if len(paths) < 2:
         raise ConfigError(f"top_dims_overlap_rows needs at least two datasets; got {sorted(paths)}")
-    splits = {name: _load(path, layer, model) for name, path in paths.items()}
-    shapes = {name: (split.layer, split.x.shape[1]) for name, split in splits.items()}
+    variances, shapes, attrs = {}, {}, {}
+    for name, path in paths.items():
+        split = _load(path, layer, model)
+        variances[name] = feature_variance(split.x)
+        shapes[name], attrs[name] = (split.layer, split.x.shape[1]), split.attrs
+        del split
     if len(set(shapes.values())) > 1:
         raise ConfigError(f"{model}: the feature files differ in (layer, dims): {shapes}; compare one layer")
-    first = next(iter(splits.values()))
-    n_dims = first.x.shape[1]
+    first_layer, n_dims = next(iter(shapes.values()))
     m_used = clamp_m(m, n_dims, needed=m, what=f"{model} top-dims overlap")
-    top = {name: set(top_variance_dims(feature_variance(split.x), m_used).tolist()) for name, split in splits.items()}
-    rows: list[dict[str, Any]] = []
-    for a, b in itertools.permutations(top, 2):
-        rows.append(_overlap_row(a, b, "count_set_difference", top[a] - top[b], m_used))
-    for a, b in itertools.combinations(top, 2):
-        rows.append(_overlap_row(a, b, "count_shared", top[a] & top[b], m_used))
+    top = {name: set(top_variance_dims(v, m_used).tolist()) for name, v in variances.items()}
+    rows = [_overlap_row(a, b, "count_set_difference", top[a] - top[b], m_used)
+            for a, b in itertools.permutations(top, 2)]
+    rows += [_overlap_row(a, b, "count_shared", top[a] & top[b], m_used) for a, b in itertools.combinations(top, 2)]
     table = pd.DataFrame(rows).assign(
-        experiment="feature_variance_overlap", model=model, probe="none", layer=first.layer,
+        experiment="feature_variance_overlap", model=model, probe="none", layer=first_layer,
         level=f"m={m_used}", **{"class": ""},
     )
-    out = _table(table, first.attrs)
-    sources = {split.attrs.get("data_source") for split in splits.values()}
-    if len(sources) > 1:
+    out = _table(table, next(iter(attrs.values())))
+    if len({record.get("data_source") for record in attrs.values()}) > 1:
         out["data"] = "mixed"
     return out
 
 
 def _overlap_row(a: str, b: str, metric: str, dims: set[int], m: int) -> dict[str, Any]:
+    """One count of ``"a vs b"``; the dims themselves go to ``settings`` (as the published CSV lists them)."""
     return {"dataset": f"{a} vs {b}", "metric": metric, "value": len(dims),
             "settings": _json({"m": m, "elements": sorted(dims)})}
 
@@ -346,18 +349,39 @@ def central_patches(split: SplitFeatures, manifest: pd.DataFrame, n_tiles: int) 
     return rows, position
 
 
+def central_patch_tiles(
+    split: SplitFeatures, manifest: pd.DataFrame, target: EvalTarget
+) -> tuple[np.ndarray, np.ndarray]:
+    """Central-patch embeddings ``(n, C)`` of ``split``'s tiles and the tiles' class pixel counts ``(n, classes)``."""
+    manifest = unique_images(manifest)
+    tiling = tiling_of(split, target.tiling)
+    counts = tile_class_counts(target.dataset, target.root, manifest, tiling, target.num_classes)
+    rows, position = central_patches(split, manifest, tiling.n_tiles)
+    return split.x[rows], counts.reshape(-1, target.num_classes)[position]
+
+
 def tile_fractions(counts: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Share of each tile's *labelled* pixels in ``classes`` ``(n_tiles, len(classes))``, and which tiles have any.
+    """Share of each tile's *labelled* pixels in ``classes`` ``(n, len(classes))``, and which tiles have any.
 
     Ignore pixels are left out of the denominator (they are not a class); a
-    tile without a labelled pixel has no defined fraction.
+    tile without a labelled pixel has no defined fraction (its row is 0).
     """
-    flat = counts.reshape(-1, counts.shape[-1])
-    total = flat.sum(axis=1)
+    total = counts.sum(axis=1)
     has_labels = total > 0
-    fractions = np.zeros((len(flat), len(classes)))
-    fractions[has_labels] = flat[has_labels][:, list(classes)] / total[has_labels, None]
+    fractions = np.zeros((len(counts), len(classes)))
+    fractions[has_labels] = counts[has_labels][:, list(classes)] / total[has_labels, None]
     return fractions, has_labels
+
+
+def r2_inputs(n_dims: int, top: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Table 6's inputs (level -> feature dims): all, without the top dims, only them, as many at random."""
+    m = len(top)
+    return {
+        "full": np.arange(n_dims),
+        f"without_top{m}": np.setdiff1d(np.arange(n_dims), top),
+        f"only_top{m}": np.sort(top),
+        f"random{m}": random_dims(n_dims, m, seed),
+    }
 
 
 def r2_rows(
@@ -377,52 +401,35 @@ def r2_rows(
 
     Targets: the fractions, among a tile's labelled pixels, of the
     ``top_classes`` classes with the most labelled pixels in the *training*
-    tiles. Ridge (``alpha``) is fitted on the training tiles and scored on
-    the val tiles (``target``'s manifest), with four inputs: all dims, without
-    the top-``m`` variance dims (ranked on all training patches), only those,
-    and ``m`` dims drawn with ``seed``. ``layer`` ``None``: the last stored block.
+    tiles (tiles without a labelled pixel are left out). Ridge (``alpha``) is
+    fitted on the training tiles (``train_manifest``) and scored on the val
+    tiles (``target``'s manifest), with the inputs of :func:`r2_inputs`: the
+    top-``m`` variance dims are ranked on all training patches, the random
+    ones drawn with ``seed``. ``layer`` ``None``: the last stored block.
     """
     val = _load(val_path, layer, model)
     train = _load(train_path, val.layer, model)
-    n_dims = train.x.shape[1]
-    m_used = clamp_m(m, n_dims, needed=2 * m, what=f"{model} Table 6 (R²)")
+    m_used = clamp_m(m, train.x.shape[1], needed=2 * m, what=f"{model} Table 6 (R²)")
     top = top_variance_dims(feature_variance(train.x), m_used)
-    counts = {}
-    data = {}
-    for name, split, manifest in (("train", train, train_manifest), ("val", val, target.manifest)):
-        manifest = unique_images(manifest)
-        tiling = tiling_of(split, target.tiling)
-        counts[name] = tile_class_counts(target.dataset, target.root, manifest, tiling, target.num_classes)
-        data[name] = central_patches(split, manifest, tiling.n_tiles)
-    classes = np.argsort(-counts["train"].sum(axis=(0, 1)), kind="stable")[:top_classes]
-    xy = {}
-    for name, split in (("train", train), ("val", val)):
-        rows, position = data[name]
-        fractions, has_labels = tile_fractions(counts[name], classes)
-        keep = has_labels[position]
-        if not keep.all():
-            log.info("%s: %d of %d %s tiles have no labelled pixel and are left out", model, (~keep).sum(), len(keep), name)
-        xy[name] = (split.x[rows[keep]], fractions[position[keep]])
-    inputs = {
-        "full": np.arange(n_dims),
-        f"without_top{m_used}": np.setdiff1d(np.arange(n_dims), top),
-        f"only_top{m_used}": np.sort(top),
-        f"random{m_used}": random_dims(n_dims, m_used, seed),
-    }
+    x_train, counts_train = central_patch_tiles(train, train_manifest, target)
+    x_val, counts_val = central_patch_tiles(val, target.manifest, target)
+    classes = np.argsort(-counts_train.sum(axis=0), kind="stable")[:top_classes]
+    y_train, keep_train = tile_fractions(counts_train, classes)
+    y_val, keep_val = tile_fractions(counts_val, classes)
+    x_train, y_train, x_val, y_val = x_train[keep_train], y_train[keep_train], x_val[keep_val], y_val[keep_val]
     names = [target.class_names[c] for c in classes]
+    rows = []
+    for level, dims in r2_inputs(train.x.shape[1], top, seed).items():
+        a, b = keep_dims(x_train, dims), keep_dims(x_val, dims)
+        values = [ridge_r2(a, y_train, b, y_val, alpha)]
+        values += [ridge_r2(a, y_train[:, j], b, y_val[:, j], alpha) for j in range(len(classes))]
+        rows += [{"class": name, "level": level, "value": value} for name, value in zip(["mean", *names], values)]
     settings = {
-        "alpha": alpha, "m": m_used, "seed": seed, "target_classes": names, "central_patch": [size // 2 for size in patch_grid(val)],
-        "fraction_of": "labelled pixels of the tile", "n_train_tiles": len(xy["train"][1]), "n_val_tiles": len(xy["val"][1]),
+        "alpha": alpha, "m": m_used, "seed": seed, "target_classes": names,
+        "central_patch": [size // 2 for size in patch_grid(val)], "fraction_of": "labelled pixels of the tile",
+        "n_train_tiles": len(y_train), "n_val_tiles": len(y_val),
     }
-    rows_out = []
-    for level, dims in inputs.items():
-        x_train, x_val = keep_dims(xy["train"][0], dims), keep_dims(xy["val"][0], dims)
-        (_, y_train), (_, y_val) = xy["train"], xy["val"]
-        values = [ridge_r2(x_train, y_train, x_val, y_val, alpha)]
-        values += [ridge_r2(x_train, y_train[:, j], x_val, y_val[:, j], alpha) for j in range(len(classes))]
-        for cls, value in zip(["mean", *names], values):
-            rows_out.append({"class": cls, "level": level, "value": value})
-    table = pd.DataFrame(rows_out).assign(
+    table = pd.DataFrame(rows).assign(
         experiment="r2", dataset=target.dataset, model=model, probe="ridge", layer=val.layer, metric="r2",
     )
     return _table(table, val.attrs, settings=settings)

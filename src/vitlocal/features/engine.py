@@ -272,7 +272,9 @@ def extract(
     ``grid`` is the patch grid of one tile (``(gh, gw)``); ``autocast="auto"``
     means bfloat16 on CUDA and none on CPU. ``images_per_load`` images travel
     together from a worker (raise it for sources with one small tile per
-    image). The writer is left open: the caller's ``with`` block commits it.
+    image). Workers are spawned, so ``source`` and ``preprocess`` must be
+    picklable (module-level classes and functions). The writer is left open:
+    the caller's ``with`` block commits it.
     """
     device = torch.device(device)
     amp = default_autocast(device) if autocast == "auto" else autocast
@@ -285,6 +287,9 @@ def extract(
         collate_fn=concat_collate,
         pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if num_workers > 0 else None,
+        # Forked workers deadlock in OpenCV when the parent has used its thread pool (e.g. to
+        # write synthetic data); spawned ones start clean. Hence a picklable source/preprocess.
+        multiprocessing_context="spawn" if num_workers > 0 else None,
     )
     buffer = _TileBuffer(grid[0] * grid[1])
     images = tiles = 0

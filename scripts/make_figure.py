@@ -1,0 +1,9 @@
+"""Snakemake entry point: one figure or table from experiment CSVs (rules/figures.smk)."""
+
+from vitlocal.experiments.outputs import make_output
+from vitlocal.workflow import rule_logging
+
+with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
+    sm = snakemake  # noqa: F821
+    shown = make_output(sm.params.figure, list(sm.input), dict(sm.output), main_train_set=sm.params.main_train_set)
+    log.info("%s: %d numbers -> %s", sm.params.figure, len(shown), ", ".join(sm.output))

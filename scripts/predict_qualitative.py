@@ -1,0 +1,15 @@
+"""Snakemake entry point: Fig 13 predictions of every model on two val images (rules/experiments.smk)."""
+
+import torch
+
+from vitlocal.experiments.qualitative import qualitative_predictions
+from vitlocal.experiments.segmentation import EvalTarget, ProbeSettings
+from vitlocal.workflow import rule_logging
+
+with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
+    sm = snakemake  # noqa: F821
+    torch.set_num_threads(sm.threads)
+    target = EvalTarget.load("cityscapes", sm.params.root, sm.input.manifest)
+    models = {m: (t, v) for m, t, v in zip(sm.params.models, sm.input.train, sm.input.val)}
+    record = qualitative_predictions(models, sm.output.npz, target=target, probes=ProbeSettings.from_config(sm.config))
+    log.info("Fig 13 predictions for %s on %s -> %s", list(models), record["sample_ids"], sm.output.npz)
