@@ -228,3 +228,21 @@ def test_unknown_layer_lists_available(tmp_path):
     write_features(path, meta, emb, cls, ATTRS)
     with pytest.raises(ConfigError, match=r"no layer\(s\) \[7\]; the file has layers \[3, 12\]"):
         read_features(path, layers=[7])
+
+
+def test_later_batches_are_cast_to_the_first_schema(tmp_path):
+    path = tmp_path / "f.parquet"
+    first, second, third = (batch(f"s{i}", 1, seed=20 + i) for i in range(3))
+    second[0]["track_id"] = second[0]["track_id"].astype(np.int32)
+    with FeatureWriter(path, ATTRS) as writer:
+        writer.write(*first)
+        writer.write(*second)
+    meta, _ = read_features(path, layers=[], columns=["track_id"])
+    assert meta["track_id"].dtype == np.int64
+    np.testing.assert_array_equal(meta["track_id"], np.concatenate([first[0]["track_id"], second[0]["track_id"]]))
+
+    with pytest.raises(ConfigError, match="differs from the first batch"):
+        with FeatureWriter(tmp_path / "g.parquet", ATTRS) as writer:
+            writer.write(*first)
+            writer.write(third[0].drop(columns="track_id"), *third[1:])
+    assert leftovers(tmp_path) == ["f.cls.parquet", "f.parquet"]

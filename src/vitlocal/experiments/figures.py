@@ -479,7 +479,8 @@ def fig4c_data(df: pd.DataFrame, dataset: str = "cityscapes") -> pd.DataFrame:
         raw_linear = trajectories[trajectories["m"] == 0].set_index("model")["linear"]
         own = points["linear"].notna()
         points["linear_from"] = np.where(own, "bn_standardized", "variance_removal m=0")
-        points.loc[~own, "linear"] = points.loc[~own, "model"].map(raw_linear)
+        if (~own).any():
+            points.loc[~own, "linear"] = points.loc[~own, "model"].map(raw_linear).astype(float)
         parts.append(points.assign(kind="bn_standardized", m=pd.NA))
         rows = pd.concat([rows, bn], ignore_index=True)
     data = pd.concat(parts, ignore_index=True)

@@ -95,7 +95,6 @@ class _Table:
 
     def __init__(self, final: Path, dims: Mapping[int, int], dtype: np.dtype, row_group_mb: float) -> None:
         self.final, self.tmp = final, _tmp(final)
-        self.dims, self.dtype = dict(dims), dtype
         bytes_per_row = max(1, sum(dims.values()) * dtype.itemsize)
         self.rows_per_group = max(1, int(row_group_mb * 2**20) // bytes_per_row)
         self.writer: pq.ParquetWriter | None = None
@@ -107,10 +106,13 @@ class _Table:
         if self.writer is None:
             self._open(table.schema)
         elif not table.schema.equals(self.writer.schema):
-            raise ConfigError(
-                f"{self.final}: batch schema differs from the first batch's\n"
-                f"first: {self.writer.schema}\nnow: {table.schema}"
-            )
+            try:  # e.g. an extra column inferred as int32 here and int64 in the first batch
+                table = table.cast(self.writer.schema)
+            except (pa.ArrowException, ValueError) as err:
+                raise ConfigError(
+                    f"{self.final}: batch schema differs from the first batch's ({err})\n"
+                    f"first: {self.writer.schema}\nnow: {table.schema}"
+                ) from err
         self.pending.append(table)
         self.n_pending += table.num_rows
         self.n_rows += table.num_rows
