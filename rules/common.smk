@@ -1,6 +1,8 @@
 # Everything computed lives here: config validation, output paths, and the
 # input functions the stage files use. Rules elsewhere stay declarative.
 
+import os
+
 from snakemake.utils import validate
 
 from vitlocal.config import check_config, dataset_names, subset_names
@@ -281,3 +283,35 @@ def data_source():
 
 def weights_summary():
     return "random weights" if any(s.weights == "random" for s in MODEL_SPECS.values()) else "pretrained checkpoints"
+
+
+# --- figures and report -----------------------------------------------------
+
+from vitlocal.experiments.outputs import OUTPUTS as FIGURE_OUTPUTS, output_paths
+
+
+def figure_models(figure):
+    if figure == "fig4b":
+        return [m for m in ("mae",) if m in config["study_models"]]
+    if figure == "top_dims_overlap":
+        return overlap_models()
+    return config["study_models"]
+
+
+def figure_files(figure):
+    """Outputs of a figure rule; the PNG goes into the Snakemake HTML report."""
+    paths = output_paths(figure, RESULTS)
+    if "png" in paths:
+        paths["png"] = report(paths["png"], category="Figures", labels={"figure": figure})
+    return paths
+
+
+FIGURES = [f for f in FIGURE_OUTPUTS if figure_models(f)] + ["fig10", "fig13", "table1"]
+
+
+def report_inputs():
+    """Every experiment CSV the figures use (each once)."""
+    files = []
+    for figure, (experiment, _) in FIGURE_OUTPUTS.items():
+        files += [f for f in experiment_files(experiment, figure_models(figure)) if f not in files]
+    return files

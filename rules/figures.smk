@@ -1,28 +1,6 @@
 # One named target per figure and table (`snakemake --cores 8 fig2`), each
 # backed by the tidy CSV of the numbers it shows, under results/<preset>/figures/.
 
-from vitlocal.experiments.outputs import OUTPUTS as FIGURE_OUTPUTS, output_paths
-
-
-def figure_models(figure):
-    if figure == "fig4b":
-        return [m for m in ("mae",) if m in config["study_models"]]
-    if figure == "top_dims_overlap":
-        return overlap_models()
-    return config["study_models"]
-
-
-def figure_files(figure):
-    """Outputs of a figure rule; the PNG goes into the Snakemake HTML report."""
-    paths = output_paths(figure, RESULTS)
-    if "png" in paths:
-        paths["png"] = report(paths["png"], category="Figures", labels={"figure": figure})
-    return paths
-
-
-FIGURES = [f for f in FIGURE_OUTPUTS if figure_models(f)] + ["fig10", "fig13", "table1"]
-
-
 for _figure, (_experiment, _kind) in FIGURE_OUTPUTS.items():
     if not figure_models(_figure):
         continue

@@ -1,14 +1,6 @@
 # Our numbers beside the published ones, and the regenerated paper.
 
 
-def report_inputs():
-    """Every experiment CSV the figures use (each once)."""
-    files = []
-    for figure, (experiment, _) in FIGURE_OUTPUTS.items():
-        files += [f for f in experiment_files(experiment, figure_models(figure)) if f not in files]
-    return files
-
-
 rule write_reproduction_report:
     input:
         report_inputs(),
@@ -35,12 +27,15 @@ rule paper:
     output:
         pdf=f"{RESULTS}/paper/main.pdf",
     params:
+        preset=PRESET,
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.pdf)),  # results/<preset>
         data_source=data_source(),
         weights=weights_summary(),
+        build_dir=lambda wildcards, output: os.path.dirname(output.pdf),
     log:
         f"{LOGS}/paper.log",
     conda:
         "../envs/plot.yaml"
     shell:
-        "python -m vitlocal.paper --preset {PRESET} --data-source {params.data_source}"
-        " --weights '{params.weights}' --results {RESULTS} --out {RESULTS}/paper > {log} 2>&1"
+        "python -m vitlocal.paper --preset {params.preset} --data-source {params.data_source}"
+        " --weights '{params.weights}' --results {params.results} --out {params.build_dir} > {log} 2>&1"

@@ -11,7 +11,8 @@ rule download_weights:
         weights=f"{WEIGHTS_DIR}/{{model}}/{{filename}}",
     params:
         overrides=lambda wildcards: model_overrides(wildcards.model),
-        weights_dir=WEIGHTS_DIR,
+        # <weights_dir>/<model>/<filename>
+        weights_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.weights)),
     log:
         f"logs/weights/{{model}}/{{filename}}.log",
     retries: 2

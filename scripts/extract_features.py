@@ -37,6 +37,6 @@ with rule_logging(snakemake.log[0]):  # noqa: F821 (injected by Snakemake); the 
             freq_sigma=sm.params.freq_sigma,
             frame_size=sm.params.frame_size,
             data_source=sm.params.data_source,
-            progress=False,
+            progress=True,  # tqdm on stderr: the terminal, or the cluster job log
         )
         logging.getLogger("vitlocal").info("%s: %s", out_path, stats)

@@ -258,6 +258,17 @@ def test_fig4c_trajectories_and_bn_points(tmp_path):
     assert bn.loc["simmim", "linear"] == 0.078 and bn.loc["simmim", "linear_from"] == "bn_standardized"
 
 
+
+def test_fig4c_when_every_bn_point_has_its_own_linear_row():
+    # what variance_removal_rows writes: a linear row for every bn_standardized model
+    rows = [row("variance_removal", "mae", probe, "0", v) for probe, v in (("knn", 0.06), ("linear", 0.37))]
+    rows += [row("bn_standardized", "mae", "knn", "", 0.29), row("bn_standardized", "mae", "linear", "", 0.36)]
+    data = figures.fig4c_data(pd.DataFrame(rows))
+    bn = data[data["kind"] == "bn_standardized"].set_index("model")
+    assert bn.loc["mae", "knn"] == 0.29 and bn.loc["mae", "linear"] == 0.36
+    assert bn.loc["mae", "linear_from"] == "bn_standardized"
+
+
 # --- overlap, Table 6 ------------------------------------------------------------------
 
 
