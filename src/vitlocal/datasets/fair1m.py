@@ -438,10 +438,10 @@ def rasterize(objects, x0: float, y0: float, size: int) -> np.ndarray:
     return labels
 
 
-def read_sample(root: str | os.PathLike, row) -> tuple[np.ndarray, np.ndarray]:
-    """``(crop uint8 (s, s, 3), label map uint8 (s, s))`` of one manifest row.
+def read_crop(root: str | os.PathLike, row) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The whole source image of a manifest row and its crop window ``(x0, y0, size)``, bounds-checked.
 
-    Single-channel (GF3) images come back as 3 equal RGB channels.
+    Geometric transforms need the surroundings of the crop, hence the whole image.
     """
     image_path = Path(root, row["image_path"])
     image = read_rgb(image_path)
@@ -452,6 +452,15 @@ def read_sample(root: str | os.PathLike, row) -> tuple[np.ndarray, np.ndarray]:
             f"{image_path} is {w}x{h} (width x height) but the crop x0={x0}, y0={y0}, size={size} "
             f"needs {x0 + size}x{y0 + size}; does {row['xml_path']}'s <size> match the image?"
         )
+    return image, (x0, y0, size)
+
+
+def read_sample(root: str | os.PathLike, row) -> tuple[np.ndarray, np.ndarray]:
+    """``(crop uint8 (s, s, 3), label map uint8 (s, s))`` of one manifest row.
+
+    Single-channel (GF3) images come back as 3 equal RGB channels.
+    """
+    image, (x0, y0, size) = read_crop(root, row)
     labels = rasterize(read_objects(Path(root, row["xml_path"])), x0, y0, size)
     return image[y0 : y0 + size, x0 : x0 + size].copy(), labels
 

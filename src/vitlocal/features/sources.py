@@ -41,7 +41,7 @@ import pandas as pd
 from torch.utils.data import Dataset
 
 from ..datasets import ade20k, cityscapes, fair1m
-from ..errors import ConfigError, CorruptFileError
+from ..errors import ConfigError
 from ..io import read_rgb
 from ..models.registry import ModelSpec
 from ..tiling import Size, TilingSpec, get_preset, patch_labels, tile_image
@@ -267,15 +267,7 @@ class Fair1mSource(TileSource):
 
     def item(self, row: Mapping[str, Any]) -> ImageTiles:
         sample_id = str(row["sample_id"])
-        image_path = Path(self.root, row["image_path"])
-        source = read_rgb(image_path)
-        x0, y0, size = int(row["x0"]), int(row["y0"]), int(row["crop_size"])
-        h, w = source.shape[:2]
-        if x0 < 0 or y0 < 0 or x0 + size > w or y0 + size > h:
-            raise CorruptFileError(
-                f"{image_path} is {w}x{h} (width x height) but the crop x0={x0}, y0={y0}, size={size} "
-                f"needs {x0 + size}x{y0 + size}; does {row['xml_path']}'s <size> match the image?"
-            )
+        source, (x0, y0, size) = fair1m.read_crop(self.root, row)
         crop = source[y0 : y0 + size, x0 : x0 + size]
         image, affine = self.degrade(crop, sample_id, CropContext(source, x0, y0))
         objects = transform_objects(fair1m.read_objects(Path(self.root, row["xml_path"])), affine, x0, y0)
