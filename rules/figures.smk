@@ -18,7 +18,7 @@ for _figure, (_experiment, _kind) in FIGURE_OUTPUTS.items():
         log:
             f"{LOGS}/figures/{_figure}.log",
         conda:
-            "../envs/plot.yaml"
+            "../envs/torch.yaml"
         script:
             "../scripts/make_figure.py"
 
@@ -40,7 +40,7 @@ rule fig10:
     log:
         f"{LOGS}/figures/fig10.log",
     conda:
-        "../envs/plot.yaml"
+        "../envs/torch.yaml"
     script:
         "../scripts/make_fig10.py"
 
@@ -57,7 +57,7 @@ rule fig13:
     log:
         f"{LOGS}/figures/fig13.log",
     conda:
-        "../envs/plot.yaml"
+        "../envs/torch.yaml"
     script:
         "../scripts/make_fig13.py"
 
@@ -69,7 +69,7 @@ rule table1:
     log:
         f"{LOGS}/figures/table1.log",
     conda:
-        "../envs/plot.yaml"
+        "../envs/torch.yaml"
     script:
         "../scripts/make_table1.py"
 

@@ -14,7 +14,7 @@ rule write_reproduction_report:
     log:
         f"{LOGS}/report/reproduction.log",
     conda:
-        "../envs/plot.yaml"
+        "../envs/torch.yaml"
     script:
         "../scripts/write_reproduction_report.py"
 
@@ -35,7 +35,7 @@ rule paper:
     log:
         f"{LOGS}/paper.log",
     conda:
-        "../envs/plot.yaml"
+        "../envs/torch.yaml"
     shell:
         "python -m vitlocal.paper --preset {params.preset} --data-source {params.data_source}"
         " --weights '{params.weights}' --results {params.results} --out {params.build_dir} > {log} 2>&1"

@@ -1,6 +1,10 @@
 """Snakemake entry point: download one checkpoint (rules/weights.smk)."""
 
+import sys
 from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 from vitlocal.models.registry import resolve
 from vitlocal.models.weights import download

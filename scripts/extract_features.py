@@ -1,5 +1,11 @@
 """Snakemake entry point: the feature files of one (dataset, subset, model), one per variant (rules/features.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 import logging
 
 import torch

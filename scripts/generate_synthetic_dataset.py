@@ -1,5 +1,11 @@
 """Snakemake entry point: write a synthetic dataset in its official layout (rules/data.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 from vitlocal.synthetic import generate
 from vitlocal.workflow import rule_logging
 

@@ -1,5 +1,11 @@
 """Snakemake entry point: Fig 10, frequency noise on the first validation image (rules/figures.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 from vitlocal.datasets import cityscapes
 from vitlocal.experiments.freqnoise_figure import fig10
 from vitlocal.subsets import read_manifest

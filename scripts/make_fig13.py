@@ -1,5 +1,11 @@
 """Snakemake entry point: Fig 13, qualitative predictions (rules/figures.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 from vitlocal.experiments.figures import fig13
 from vitlocal.workflow import rule_logging
 

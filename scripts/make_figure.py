@@ -1,5 +1,11 @@
 """Snakemake entry point: one figure or table from experiment CSVs (rules/figures.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 from vitlocal.experiments.outputs import make_output
 from vitlocal.workflow import rule_logging
 

@@ -1,5 +1,11 @@
 """Snakemake entry point: Table 1, static pre-training facts (rules/figures.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 from vitlocal.experiments.figures import table1
 from vitlocal.workflow import rule_logging
 

@@ -1,5 +1,11 @@
 """Snakemake entry point: Fig 13 predictions of every model on two val images (rules/experiments.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 import torch
 
 from vitlocal.experiments.qualitative import qualitative_predictions

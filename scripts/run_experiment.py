@@ -1,5 +1,11 @@
 """Snakemake entry point: one experiment for one model -> tidy CSV (rules/experiments.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 import torch
 
 from vitlocal.experiments.plotting import write_csv

@@ -1,5 +1,11 @@
 """Snakemake entry point: write one subset manifest (rules/subsets.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 from vitlocal.subsets import select_subset, write_manifest
 from vitlocal.workflow import rule_logging
 

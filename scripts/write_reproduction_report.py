@@ -1,5 +1,11 @@
 """Snakemake entry point: results/<preset>/report/reproduction.md (rules/report.smk)."""
 
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
 from vitlocal.reproduction import write_report
 from vitlocal.workflow import rule_logging
 
