@@ -50,15 +50,12 @@ def _check_models(config: Mapping[str, Any]) -> None:
             resolve(key, entry)
         except ConfigError as exc:
             raise ConfigError(f"models.{key}: {exc}") from None
-    for list_key in (*MODEL_LISTS,):
+    for list_key in MODEL_LISTS:
         for i, key in enumerate(config.get(list_key, [])):
             try:
                 resolve(key, overrides.get(key))
             except ConfigError as exc:
                 raise ConfigError(f"{list_key}[{i}] = {key!r}: {exc}") from None
-    for i, key in enumerate(config["probes"]["batchnorm_models"]):
-        if not isinstance(key, str):
-            raise ConfigError(f"probes.batchnorm_models[{i}]: expected a model key, got {key!r}")
 
 
 def _check_cityscapes_lists(config: Mapping[str, Any], workdir: Path) -> None:
