@@ -6,43 +6,36 @@ from pathlib import Path
 # The workflow's own package, also inside `--sdm conda` environments.
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-import logging
-
 import torch
 
-from vitlocal.features.pipeline import extract_features
+from vitlocal.features.pipeline import extract_feature_files
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]):  # noqa: F821 (injected by Snakemake); the pipeline logs progress
     sm = snakemake  # noqa: F821
     torch.set_num_threads(sm.threads)
-    outputs = list(sm.output)  # one file per variant, in the order of params.variants
-    if len(sm.params.variants) != len(outputs):
-        raise RuntimeError(f"{len(sm.params.variants)} variants for {len(outputs)} outputs")
-    for variant, out_path in zip(sm.params.variants, outputs):
-        stats = extract_features(
-            dataset=sm.params.dataset,
-            root=sm.params.root,
-            manifest=sm.input.manifest,
-            subset=sm.wildcards.subset,
-            model_key=sm.params.model_key,
-            model_overrides=sm.params.model_overrides,
-            variant=variant,
-            layers=sm.params.layers,
-            out_path=out_path,
-            preset=sm.params.preset,
-            weights_dir=sm.params.weights_dir,
-            device=sm.params.device,
-            batch_size=sm.params.batch_size,
-            num_workers=sm.params.num_workers,
-            dtype=sm.params.dtype,
-            autocast=sm.params.autocast,
-            patch_label_method=sm.params.patch_labels,
-            seed=sm.params.seed,
-            bands=sm.params.bands,
-            freq_sigma=sm.params.freq_sigma,
-            frame_size=sm.params.frame_size,
-            data_source=sm.params.data_source,
-            progress=True,  # tqdm on stderr: the terminal, or the cluster job log
-        )
-        logging.getLogger("vitlocal").info("%s: %s", out_path, stats)
+    extract_feature_files(
+        dataset=sm.params.dataset,
+        root=sm.params.root,
+        manifest=sm.input.manifest,
+        subset=sm.wildcards.subset,
+        model_key=sm.params.model_key,
+        model_overrides=sm.params.model_overrides,
+        variants=sm.params.variants,
+        out_paths=list(sm.output),  # one file per variant, in the order of params.variants
+        layers=sm.params.layers,
+        preset=sm.params.preset,
+        weights_dir=sm.params.weights_dir,
+        device=sm.params.device,
+        batch_size=sm.params.batch_size,
+        num_workers=sm.params.num_workers,
+        dtype=sm.params.dtype,
+        autocast=sm.params.autocast,
+        patch_label_method=sm.params.patch_labels,
+        seed=sm.params.seed,
+        bands=sm.params.bands,
+        freq_sigma=sm.params.freq_sigma,
+        frame_size=sm.params.frame_size,
+        data_source=sm.params.data_source,
+        progress=True,  # tqdm on stderr: the terminal, or the cluster job log
+    )

@@ -202,3 +202,20 @@ def test_errors_are_clear_and_leave_no_file(data, city, tmp_path):
     with pytest.raises(ConfigError, match="geometric transforms are supported for fair1m only"):
         run(data, "cityscapes", city, out, variant="shift-2")
     assert not out.exists()
+
+
+def test_several_variants_share_one_model_build(data, city, tmp_path, monkeypatch):
+    import vitlocal.features.pipeline as pipeline
+
+    builds = []
+    real_build = pipeline.build_extractor
+    monkeypatch.setattr(pipeline, "build_extractor", lambda *a, **k: builds.append(k) or real_build(*a, **k))
+    outs = [tmp_path / "clean.parquet", tmp_path / "blur-4.parquet"]
+    pipeline.extract_feature_files(
+        dataset="cityscapes", root=data / "cityscapes", manifest=city, subset="test", model_key="dino",
+        model_overrides=TINY, layers=[4], variants=["clean", "blur-4"], out_paths=outs, preset="test",
+        weights_dir=data / "weights", device="cpu", autocast="none", data_source="synthetic", progress=False,
+    )
+    assert len(builds) == 1
+    (_, clean), (_, blurred) = read_features(outs[0]), read_features(outs[1])
+    assert read_attrs(outs[1])["variant"] == "blur-4" and not np.array_equal(clean[4], blurred[4])

@@ -106,7 +106,7 @@ def select_subset(
     if dataset not in _SELECTORS:
         raise ConfigError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     manifest = _SELECTORS[dataset](subset, str(root), settings, seed)
-    if manifest["sample_id"].duplicated().any() and dataset != "cityscapes":
+    if manifest["sample_id"].duplicated().any():
         dup = manifest.loc[manifest["sample_id"].duplicated(), "sample_id"].iloc[0]
         raise ValueError(f"{dataset}/{subset}: duplicate sample_id {dup!r} in manifest")
     return manifest.reset_index(drop=True)

@@ -139,16 +139,26 @@ def feature_attrs(
 
 def extract_features(
     *,
+    variant: str = "clean",
+    out_path: str | os.PathLike,
+    **settings: Any,
+) -> ExtractStats:
+    """Extract one variant into ``out_path``; see :func:`extract_feature_files` for the settings."""
+    return extract_feature_files(variants=[variant], out_paths=[out_path], **settings)[0]
+
+
+def extract_feature_files(
+    *,
     dataset: str,
     root: str | os.PathLike,
     manifest: pd.DataFrame | str | os.PathLike,
     model_key: str,
     layers: Sequence[int],
-    out_path: str | os.PathLike,
+    variants: Sequence[str],
+    out_paths: Sequence[str | os.PathLike],
     preset: str,
     weights_dir: str | os.PathLike,
     model_overrides: Mapping[str, Any] | None = None,
-    variant: str = "clean",
     subset: str | None = None,
     device: str = "auto",
     batch_size: int = 64,
@@ -162,72 +172,83 @@ def extract_features(
     frame_size: Sequence[int] | None = None,
     data_source: str = "official",
     progress: bool = True,
-) -> ExtractStats:
-    """Extract the patch tokens of ``layers`` for every manifest row into the Parquet file ``out_path``.
+) -> list[ExtractStats]:
+    """Extract the patch tokens of ``layers`` for every manifest row, one Parquet file per variant.
 
-    ``variant``: a degradation name (``"clean"``, ``"blur-4"``, ``"shift-3"``,
-    ...) or ``"full"`` (whole image, interpolated position embedding; see
-    ``features.sources``). ``subset`` names the manifest in the provenance
-    record (default: the manifest file's stem). ``bands``/``freq_sigma`` are
-    the frequency-noise settings, ``frame_size`` the tracking frame ``(H, W)``.
-    ``device="auto"``: CUDA if available, else CPU; ``autocast`` applies on
-    CUDA only. The file appears only if the whole run succeeds.
+    ``variants[i]`` goes to ``out_paths[i]``; the model is built (and its
+    checkpoint read) once for all of them. A variant is a degradation name
+    (``"clean"``, ``"blur-4"``, ``"shift-3"``, ...) or ``"full"`` (whole
+    image, interpolated position embedding; see ``features.sources``).
+    ``subset`` names the manifest in the provenance record (default: the
+    manifest file's stem). ``bands``/``freq_sigma`` are the frequency-noise
+    settings, ``frame_size`` the tracking frame ``(H, W)``. ``device="auto"``:
+    CUDA if available, else CPU; ``autocast`` applies on CUDA only. Each file
+    appears only if its whole run succeeds.
     """
     if data_source not in DATA_SOURCES:
         raise ConfigError(f"data_source {data_source!r}; expected one of {DATA_SOURCES}")
+    if len(variants) != len(out_paths):
+        raise ConfigError(f"{len(variants)} variants for {len(out_paths)} output files")
     if subset is None:
         if isinstance(manifest, pd.DataFrame):
             raise ConfigError("extract_features: give 'subset' when the manifest is a DataFrame")
         subset = Path(manifest).stem
-    split_variant(variant)  # reject a bad name before any file or model is touched
+    for variant in variants:
+        split_variant(variant)  # reject a bad name before any file or model is touched
     spec = resolve(model_key, model_overrides)
     layers = check_layers(layers, spec)
     torch_device = resolve_device(device)
     amp = autocast_dtype(autocast, torch_device)
     table = load_manifest(manifest)
     settings = DegradeSettings(tuple(tuple(band) for band in bands), freq_sigma)
-    source = make_source(
-        dataset,
-        root,
-        table,
-        spec,
-        variant,
-        tiling=base_tiling(dataset, frame_size),
-        patch_label_method=patch_label_method,
-        seed=seed,
-        settings=settings,
-    )
-    extractor = build_extractor(spec, weights_dir, torch_device, dynamic_img_size=variant == FULL)
-    attrs = feature_attrs(
-        spec=spec, source=source, dataset=dataset, subset=subset, variant=variant, layers=layers,
-        preset=preset, patch_label_method=patch_label_method, seed=seed, dtype=dtype,
-        data_source=data_source, settings=settings, autocast=amp, n_images=len(table),
-    )
-    log.info(
-        "%s/%s %s: %d images x %d tiles of %s -> %s patches, model %s (%s), layers %s, %s",
-        dataset, subset, variant, len(table), source.tiling.n_tiles, source.tiling.out_hw, source.grid,
-        spec.key, spec.weights_label, layers, torch_device,
-    )
-    with FeatureWriter(out_path, attrs, dtype=dtype) as writer:
-        stats = extract(
-            source,
-            extractor.forward_layers,
-            preprocess=preprocess_tiles,
-            layers=layers,
-            mean=spec.mean,
-            std=spec.std,
-            out_size=source.tiling.out_size,
-            grid=source.grid,
-            writer=writer,
-            batch_size=batch_size,
-            device=torch_device,
-            num_workers=num_workers,
-            autocast=amp,
-            images_per_load=max(1, batch_size // source.tiling.n_tiles),
-            progress=progress,
+    extractors: dict[bool, Any] = {}  # by dynamic_img_size: "full" needs interpolated position embeddings
+    all_stats = []
+    for variant, out_path in zip(variants, out_paths):
+        source = make_source(
+            dataset,
+            root,
+            table,
+            spec,
+            variant,
+            tiling=base_tiling(dataset, frame_size),
+            patch_label_method=patch_label_method,
+            seed=seed,
+            settings=settings,
         )
-    log.info(
-        "wrote %s: %d images, %d tiles, %d patches in %.1f s (batch size %d)",
-        out_path, stats.images, stats.tiles, stats.patches, stats.seconds, stats.batch_size,
-    )
-    return stats
+        dynamic = variant == FULL
+        if dynamic not in extractors:
+            extractors[dynamic] = build_extractor(spec, weights_dir, torch_device, dynamic_img_size=dynamic)
+        attrs = feature_attrs(
+            spec=spec, source=source, dataset=dataset, subset=subset, variant=variant, layers=layers,
+            preset=preset, patch_label_method=patch_label_method, seed=seed, dtype=dtype,
+            data_source=data_source, settings=settings, autocast=amp, n_images=len(table),
+        )
+        log.info(
+            "%s/%s %s: %d images x %d tiles of %s -> %s patches, model %s (%s), layers %s, %s",
+            dataset, subset, variant, len(table), source.tiling.n_tiles, source.tiling.out_hw, source.grid,
+            spec.key, spec.weights_label, layers, torch_device,
+        )
+        with FeatureWriter(out_path, attrs, dtype=dtype) as writer:
+            stats = extract(
+                source,
+                extractors[dynamic].forward_layers,
+                preprocess=preprocess_tiles,
+                layers=layers,
+                mean=spec.mean,
+                std=spec.std,
+                out_size=source.tiling.out_size,
+                grid=source.grid,
+                writer=writer,
+                batch_size=batch_size,
+                device=torch_device,
+                num_workers=num_workers,
+                autocast=amp,
+                images_per_load=max(1, batch_size // source.tiling.n_tiles),
+                progress=progress,
+            )
+        log.info(
+            "wrote %s: %d images, %d tiles, %d patches in %.1f s (batch size %d)",
+            out_path, stats.images, stats.tiles, stats.patches, stats.seconds, stats.batch_size,
+        )
+        all_stats.append(stats)
+    return all_stats
