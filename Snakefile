@@ -22,7 +22,8 @@ include: "rules/subsets.smk"
 include: "rules/weights.smk"
 include: "rules/features.smk"
 include: "rules/experiments.smk"
-include: "rules/figures.smk"
+include: "rules/probing.smk"
+include: "rules/variance.smk"
 include: "rules/report.smk"
 
 
@@ -30,3 +31,8 @@ rule all:
     default_target: True
     input:
         get_final_outputs(),
+
+
+rule figures:
+    input:
+        figure_targets(),

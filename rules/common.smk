@@ -52,12 +52,11 @@ def subset_manifests():
 
 
 def get_final_outputs():
-    """Every figure and table, the reproduction report, and the features of the
-    retrieval and tracking models (their figures come in later stages)."""
+    """Every figure and table of the configured studies and the reproduction report."""
     return [
         *subset_manifests(),
         *feature_files(),
-        *[path for figure in FIGURES for path in output_paths(figure, RESULTS).values()],
+        *figure_targets(),
         f"{RESULTS}/report/reproduction.md",
     ]
 
@@ -101,33 +100,17 @@ def get_weights_input(wildcards):
 # --- feature files ----------------------------------------------------------
 
 
-def fmt(value):
-    """Numbers as they appear in variant names: 4, 0.9, 12.5."""
-    return f"{value:g}"
+from vitlocal.layout import Layout
 
-
-def degradation_variants():
-    deg = config["degradations"]
-    return (
-        [f"blur-{fmt(k)}" for k in deg["blur_kernels"]]
-        + [f"noise-{fmt(s)}" for s in deg["noise_sigmas"]]
-        + [f"freqnoise-{i}" for i in range(1, len(deg["frequency_bands"]) + 1)]
-    )
-
-
-def transform_variants():
-    tr = config["transforms"]
-    return (
-        [f"shift-{fmt(d)}" for d in tr["shifts"]]
-        + [f"rotate-{fmt(a)}" for a in tr["rotations"]]
-        + [f"scale-{fmt(s)}" for s in tr["scales"]]
-    )
+LAYOUT = Layout(config, RESULTS)
+feature_file = LAYOUT.feature_file
+degradation_variants = LAYOUT.degradation_variants
+transform_variants = LAYOUT.transform_variants
 
 
 def is_layerwise_file(dataset, subset, variant):
     """Fig 2 needs every layer of the main Cityscapes split; all else uses the last block."""
-    main = config["subsets"]["cityscapes"]["main_train_set"]
-    return dataset == "cityscapes" and subset in (main, "val") and variant == "clean"
+    return dataset == "cityscapes" and subset in (LAYOUT.main_train_set, "val") and variant == "clean"
 
 
 def layers_for(wildcards):
@@ -138,37 +121,14 @@ def layers_for(wildcards):
     return [depth]
 
 
-def feature_file(dataset, subset, model, variant="clean"):
-    return f"{RESULTS}/features/{dataset}/{subset}/{model}/{variant}.parquet"
-
-
 def feature_files():
-    """Every feature file the configured experiments read."""
-    files = []
-    cs = config["subsets"]["cityscapes"]
-    for model in config["study_models"]:
-        if "cityscapes" in DATASETS:
-            files += [feature_file("cityscapes", s, model) for s in cs["train_sets"]]
-            files += [feature_file("cityscapes", "val", model, v) for v in ["clean", *degradation_variants()]]
-        if "ade20k" in DATASETS:
-            files += [feature_file("ade20k", s, model) for s in ("train", "val")]
-    if "fair1m" in DATASETS:
-        split = config["subsets"]["fair1m"]["split"]
-        for model in config["retrieval_models"]:
-            files += [
-                feature_file("fair1m", split, model, v)
-                for v in ["clean", *transform_variants(), *degradation_variants()]
-            ]
-    for model in config["tracking_models"]:
-        if "bdd100k" in DATASETS:
-            split = config["subsets"]["bdd100k"]["split"]
-            files += [feature_file("bdd100k", split, model, v) for v in ("clean", "full")]
-        if "mot17" in DATASETS:
-            files += [feature_file("mot17", config["subsets"]["mot17"]["split"], model)]
-        if "cityscapes" in DATASETS and model in config["study_models"]:
-            main = cs["main_train_set"]
-            files += [feature_file("cityscapes", s, model, "full") for s in (main, "val")]
-    return files
+    """Every feature file the configured experiments read (each once, in a stable order)."""
+    files = {}
+    for experiment, model in experiment_jobs():
+        for path in flatten(EXPERIMENTS[experiment].inputs(LAYOUT, model)):
+            if "/features/" in path:
+                files[path] = None
+    return list(files)
 
 
 def get_extract_input(wildcards):
@@ -203,66 +163,37 @@ EXTRACT_PARAMS = dict(
 
 
 # --- experiments ------------------------------------------------------------
+# The studies register their experiments and outputs (src/vitlocal/studies/);
+# each experiment names the files it reads, so nothing here knows one by name.
 
-from vitlocal.experiments.runner import EXPERIMENTS as EXPERIMENT_NAMES
+from vitlocal.studies import EXPERIMENTS, OUTPUTS, STUDY_OF
 
-MAIN_TRAIN = config["subsets"]["cityscapes"]["main_train_set"]
+MAIN_TRAIN = LAYOUT.main_train_set
 
 
 wildcard_constraints:
-    experiment="|".join(EXPERIMENT_NAMES),
+    experiment="|".join(EXPERIMENTS),
 
 
 def experiment_file(experiment, model):
-    return f"{RESULTS}/experiments/{experiment}/{model}.csv"
+    return LAYOUT.experiment_file(experiment, model)
 
 
-def experiment_files(experiment, models):
-    return [experiment_file(experiment, model) for model in models]
-
-
-def overlap_models():
-    """Models with features on all three datasets of the top-dims overlap (paper: MAE)."""
-    return [m for m in config["variance"]["overlap_models"] if m in config["study_models"] and m in config["retrieval_models"]]
-
-
-def _experiment_inputs(experiment, model):
-    """Feature files and manifests of one experiment job, by role (see experiments/runner.py)."""
-    cs_val = feature_file("cityscapes", "val", model)
-    main = feature_file("cityscapes", MAIN_TRAIN, model)
-    manifests = {"val_manifest": f"{RESULTS}/subsets/cityscapes/val.csv"}
-    if experiment == "train_size":
-        sets = config["subsets"]["cityscapes"]["train_sets"]
-        return {"train_sets": {name: feature_file("cityscapes", name, model) for name in sets}, "val": cs_val, **manifests}
-    if experiment in ("layerwise", "variance_removal"):
-        return {"train": main, "val": cs_val, **manifests}
-    if experiment == "r2":
-        return {"train": main, "val": cs_val, "train_manifest": f"{RESULTS}/subsets/cityscapes/{MAIN_TRAIN}.csv", **manifests}
-    if experiment == "degradation":
-        variants = ["clean", *degradation_variants()]
-        return {"train": main, "val_variants": {v: feature_file("cityscapes", "val", model, v) for v in variants}, **manifests}
-    if experiment == "ade20k":
-        return {"train": feature_file("ade20k", "train", model), "val": feature_file("ade20k", "val", model),
-                "val_manifest": f"{RESULTS}/subsets/ade20k/val.csv"}
-    if experiment == "feature_variance":
-        return {"train": main}
-    if experiment == "top_dims_overlap":
-        split = config["subsets"]["fair1m"]["split"]
-        return {"train_by_dataset": {"cityscapes": main, "ade20k": feature_file("ade20k", "train", model),
-                                     "fair1m": feature_file("fair1m", split, model)}}
-    raise ValueError(f"no inputs defined for experiment {experiment!r}")
+def flatten(inputs):
+    """The paths of ``{role: path | {name: path}}`` as a flat list."""
+    files = []
+    for value in inputs.values():
+        files += list(value.values()) if isinstance(value, dict) else [value]
+    return files
 
 
 def experiment_inputs(wildcards):
-    return _experiment_inputs(wildcards.experiment, wildcards.model)
+    return EXPERIMENTS[wildcards.experiment].inputs(LAYOUT, wildcards.model)
 
 
 def flat_inputs(wildcards):
-    """Every file of ``experiment_inputs`` as a flat list (Snakemake tracks files, not roles)."""
-    files = []
-    for value in experiment_inputs(wildcards).values():
-        files += list(value.values()) if isinstance(value, dict) else [value]
-    return files
+    """Every file of ``experiment_inputs`` (Snakemake tracks files, not roles)."""
+    return flatten(experiment_inputs(wildcards))
 
 
 def demo_subject():
@@ -287,15 +218,26 @@ def weights_summary():
 
 # --- figures and report -----------------------------------------------------
 
-from vitlocal.experiments.outputs import OUTPUTS as FIGURE_OUTPUTS, output_paths
+from vitlocal.experiments.outputs import output_paths
+
+FIGURES = [name for name, spec in OUTPUTS.items() if spec.is_built(LAYOUT)]
 
 
-def figure_models(figure):
-    if figure == "fig4b":
-        return [m for m in ("mae",) if m in config["study_models"]]
-    if figure == "top_dims_overlap":
-        return overlap_models()
-    return config["study_models"]
+def study_outputs(study):
+    """The outputs of ``study`` drawn from experiment CSVs by the generic writer (built with this config)."""
+    return [f for f in FIGURES if STUDY_OF[f] == study and OUTPUTS[f].write is not None]
+
+
+def output_reads(figure):
+    return OUTPUTS[figure].reads(LAYOUT)
+
+
+def experiment_jobs():
+    """Every (experiment, model) job the built outputs draw, each once."""
+    jobs = {}
+    for figure in FIGURES:
+        jobs.update(dict.fromkeys(OUTPUTS[figure].jobs(LAYOUT)))
+    return list(jobs)
 
 
 def figure_files(figure):
@@ -306,12 +248,10 @@ def figure_files(figure):
     return paths
 
 
-FIGURES = [f for f in FIGURE_OUTPUTS if figure_models(f)] + ["fig10", "fig13", "table1"]
+def figure_targets():
+    return [path for figure in FIGURES for path in output_paths(figure, RESULTS).values()]
 
 
 def report_inputs():
     """Every experiment CSV the figures use (each once)."""
-    files = []
-    for figure, (experiment, _) in FIGURE_OUTPUTS.items():
-        files += [f for f in experiment_files(experiment, figure_models(figure)) if f not in files]
-    return files
+    return [experiment_file(e, m) for e, m in experiment_jobs()]

@@ -27,27 +27,3 @@ rule run_experiment:
         "../envs/torch.yaml"
     script:
         "../scripts/run_experiment.py"
-
-
-# Fig 13 needs per-pixel predictions of every model on two val images.
-rule predict_qualitative:
-    input:
-        train=[feature_file("cityscapes", MAIN_TRAIN, m) for m in config["study_models"]],
-        val=[feature_file("cityscapes", "val", m) for m in config["study_models"]],
-        manifest=f"{RESULTS}/subsets/cityscapes/val.csv",
-    output:
-        npz=f"{RESULTS}/experiments/qualitative/predictions.npz",
-    params:
-        models=config["study_models"],
-        root=lambda wildcards: dataset_root("cityscapes"),
-    threads: config["extraction"]["threads"]
-    resources:
-        gpu=1,
-    log:
-        f"{LOGS}/experiments/qualitative.log",
-    benchmark:
-        f"{BENCHMARKS}/experiments/qualitative.tsv"
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../scripts/predict_qualitative.py"

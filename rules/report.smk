@@ -23,7 +23,7 @@ rule write_reproduction_report:
 # apt-get command that installs it. Not part of `all`.
 rule paper:
     input:
-        [path for figure in FIGURES for path in output_paths(figure, RESULTS).values()],
+        figure_targets(),
     output:
         pdf=f"{RESULTS}/paper/main.pdf",
     params:

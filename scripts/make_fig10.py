@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 from vitlocal.datasets import cityscapes
-from vitlocal.experiments.freqnoise_figure import fig10
+from vitlocal.studies.probing.freqnoise_figure import fig10
 from vitlocal.subsets import read_manifest
 from vitlocal.workflow import rule_logging
 

@@ -11,5 +11,5 @@ from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
     sm = snakemake  # noqa: F821
-    shown = make_output(sm.params.figure, list(sm.input), dict(sm.output), main_train_set=sm.params.main_train_set)
+    shown = make_output(sm.params.figure, list(sm.input), dict(sm.output), sm.config)
     log.info("%s: %d numbers -> %s", sm.params.figure, len(shown), ", ".join(sm.output))

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 import torch
 
-from vitlocal.experiments.qualitative import qualitative_predictions
+from vitlocal.studies.probing.qualitative import qualitative_predictions
 from vitlocal.experiments.segmentation import EvalTarget, ProbeSettings
 from vitlocal.workflow import rule_logging
 

@@ -66,7 +66,7 @@ def test_experiment_rows_follow_the_tidy_contract(layerwise_csv):
 
 def test_figure_from_experiment_csv_carries_its_provenance(layerwise_csv, tmp_path):
     out = output_paths("fig2", tmp_path)
-    shown = make_output("fig2", [str(layerwise_csv)], out, main_train_set="set2")
+    shown = make_output("fig2", [str(layerwise_csv)], out, {"subsets": {"cityscapes": {"main_train_set": "set2"}}})
     assert all(Path(p).stat().st_size > 0 for p in out.values())
     figure_csv = pd.read_csv(out["csv"])
     assert len(figure_csv) == len(shown) and set(figure_csv["layer"]) == {1, 2}

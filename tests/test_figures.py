@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from vitlocal.datasets.cityscapes import CLASSES
-from vitlocal.experiments import figures, plotting, tables
-from vitlocal.experiments.freqnoise_figure import draw_fig10, fig10, fig10_data
+from vitlocal.experiments import plotting, tables
+from vitlocal.studies.probing import figures as probing_figures
+from vitlocal.studies.probing.freqnoise_figure import draw_fig10, fig10, fig10_data
+from vitlocal.studies.variance import figures as variance_figures
 from vitlocal.features import degrade
 
 PROVENANCE = {"preset": "demo", "weights": "random init", "knn_metric": "dot", "patch_labels": "centre",
@@ -78,14 +80,14 @@ def test_save_figure_stamps_banner_and_is_byte_identical(tmp_path):
     rows = [row("variance_removal", "mae", p, f"m={m}", v)
             for p, values in (("knn", (0.058, 0.295, 0.027)), ("linear", (0.375, 0.364, 0.06)))
             for m, v in zip((0, 200, 750), values)]
-    data = figures.fig4b_data(pd.DataFrame(rows))
-    fig = figures.draw_fig4b(data, "preset demo")
+    data = variance_figures.fig4b_data(pd.DataFrame(rows))
+    fig = variance_figures.draw_fig4b(data, "preset demo")
     assert not plotting.has_demo_banner(fig)
     plotting.save_figure(fig, tmp_path / "a.pdf", tmp_path / "a.png", demo=True)
     banner = [t.get_text() for t in fig.texts if t.get_gid() == "demo-banner"]
     assert banner == ["DEMO — synthetic data, random weights:\nnot results of the study"]
     for run in ("b", "c"):
-        figures.fig4b(pd.DataFrame(rows), *outputs(tmp_path, run))
+        variance_figures.fig4b(pd.DataFrame(rows), *outputs(tmp_path, run))
     assert (tmp_path / "b.png").read_bytes() == (tmp_path / "c.png").read_bytes()
     assert (tmp_path / "b.pdf").read_bytes() == (tmp_path / "c.pdf").read_bytes()
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()  # other banner and subtitle
@@ -100,7 +102,7 @@ def test_fig1_plots_input_values_in_train_set_order(tmp_path):
     rows = [row("train_size", m, p, s, round(0.1 * i + 0.01 * j + (0.3 if p == "linear" else 0), 4))
             for j, m in enumerate(["mae", "dino"]) for p in ("knn", "linear") for i, s in enumerate(sets)]
     rows.append(row("layerwise", "mae", "knn", "", 0.5, metric="iou", cls="road", layer=3))  # ignored
-    data = figures.fig1(pd.DataFrame(rows), *outputs(tmp_path, "fig1"))
+    data = probing_figures.fig1(pd.DataFrame(rows), *outputs(tmp_path, "fig1"))
     assert_written(*outputs(tmp_path, "fig1"))
     written = pd.read_csv(tmp_path / "fig1.csv", keep_default_na=False)
     expected = pd.DataFrame(rows[:-1])[["model", "probe", "level", "value"]]
@@ -115,8 +117,8 @@ def test_fig1_plots_input_values_in_train_set_order(tmp_path):
 
 def test_fig1_demo_banner_only_for_demo_provenance(tmp_path):
     rows = [row("train_size", "dino", p, "set4", 0.3, provenance=OFFICIAL) for p in ("knn", "linear")]
-    figures.fig1(pd.DataFrame(rows), *outputs(tmp_path, "official"))
-    figures.fig1(pd.DataFrame(rows), *outputs(tmp_path, "forced"), demo=True)
+    probing_figures.fig1(pd.DataFrame(rows), *outputs(tmp_path, "official"))
+    probing_figures.fig1(pd.DataFrame(rows), *outputs(tmp_path, "forced"), demo=True)
     assert (tmp_path / "official.png").read_bytes() != (tmp_path / "forced.png").read_bytes()
 
 
@@ -144,7 +146,7 @@ def layerwise_rows():
 
 def test_fig2_group_mious_match_hand_computed(tmp_path):
     rows, values = layerwise_rows()
-    figures.fig2(pd.DataFrame(rows), *outputs(tmp_path, "fig2"))
+    probing_figures.fig2(pd.DataFrame(rows), *outputs(tmp_path, "fig2"))
     assert_written(*outputs(tmp_path, "fig2"))
     written = pd.read_csv(tmp_path / "fig2.csv")
     assert len(written) == 2 * 2 * 3 and set(written["probe"]) == {"knn"}
@@ -165,7 +167,7 @@ def test_fig2_group_mious_match_hand_computed(tmp_path):
 def test_fig2_rejects_unknown_classes():
     rows = [row("layerwise", "dino", "knn", "", 0.5, metric="iou", cls="wall-other", layer="1")]
     with pytest.raises(ValueError, match="wall-other"):
-        figures.fig2_data(pd.DataFrame(rows))
+        probing_figures.fig2_data(pd.DataFrame(rows))
 
 
 # --- Fig. 3 ---------------------------------------------------------------------------
@@ -181,7 +183,7 @@ def test_fig3_clean_first_then_numeric_levels(tmp_path):
             rows.append(row("degradation_noise", m, p, "noise-0", 0.25))  # clean, as probing writes it
             rows += [row("degradation_noise", m, p, f"noise-{s}", 0.2 - s / 1000) for s in (20, 10)]
             rows += [row("degradation_freq", m, p, f"freqnoise-{b}", 0.1 + b / 100) for b in (2, 1)]
-    figures.fig3(pd.DataFrame(rows), *outputs(tmp_path, "fig3"))
+    probing_figures.fig3(pd.DataFrame(rows), *outputs(tmp_path, "fig3"))
     assert_written(*outputs(tmp_path, "fig3"))
     written = pd.read_csv(tmp_path / "fig3.csv", keep_default_na=False)
     blur = written[(written["panel"] == "blur") & (written["model"] == "dino") & (written["probe"] == "knn")]
@@ -204,7 +206,7 @@ def test_fig3_clean_first_then_numeric_levels(tmp_path):
 def test_table2_values_in_csv_and_latex(tmp_path):
     rows = [row("ade20k", m, p, "", v, dataset="ade20k") for m, p, v in
             (("mae", "knn", 0.0512), ("mae", "linear", 0.2), ("dinov2", "knn", 0.31), ("dinov2", "linear", 0.4))]
-    figures.table2(pd.DataFrame(rows), tmp_path / "t2.csv", tmp_path / "t2.tex")
+    probing_figures.table2(pd.DataFrame(rows), tmp_path / "t2.csv", tmp_path / "t2.tex")
     written = pd.read_csv(tmp_path / "t2.csv")
     assert list(written["model"]) == ["dinov2", "mae"]
     assert list(written["knn"]) == [0.31, 0.0512] and list(written["linear"]) == [0.4, 0.2]
@@ -219,7 +221,7 @@ def test_fig4a_sorts_variance_descending(tmp_path):
     variances = {"mae": [0.5, 40.0, 2.0], "dino": [1.0, 3.0, 2.0]}
     rows = [row("feature_variance", m, "none", "", v, metric="variance", cls="")
             for m, values in variances.items() for v in values]
-    figures.fig4a(pd.DataFrame(rows), *outputs(tmp_path, "fig4a"))
+    variance_figures.fig4a(pd.DataFrame(rows), *outputs(tmp_path, "fig4a"))
     assert_written(*outputs(tmp_path, "fig4a"))
     written = pd.read_csv(tmp_path / "fig4a.csv")
     for model, values in variances.items():
@@ -231,11 +233,11 @@ def test_fig4b_accepts_both_level_spellings_and_orders_m():
     rows = [row("variance_removal", "mae", "knn", level, v) for level, v in (("m=750", 0.03), ("200", 0.29),
                                                                               ("m=0", 0.06), ("m=10", 0.17))]
     rows.append(row("variance_removal", "dino", "knn", "m=0", 0.3))  # other model: not in Fig. 4b
-    data = figures.fig4b_data(pd.DataFrame(rows))
+    data = variance_figures.fig4b_data(pd.DataFrame(rows))
     assert list(data["m"]) == [0, 10, 200, 750] and list(data["x"]) == [0, 1, 2, 3]
     assert list(data["value"]) == [0.06, 0.17, 0.29, 0.03]
     with pytest.raises(ValueError, match="m=<int>"):
-        figures.fig4b_data(pd.DataFrame([row("variance_removal", "mae", "knn", "top200", 0.1)]))
+        variance_figures.fig4b_data(pd.DataFrame([row("variance_removal", "mae", "knn", "top200", 0.1)]))
 
 
 def test_fig4c_trajectories_and_bn_points(tmp_path):
@@ -246,7 +248,7 @@ def test_fig4c_trajectories_and_bn_points(tmp_path):
         rows += [row("variance_removal", model, "linear", f"m={m}", v) for m, v in zip((0, 10, 200), linear)]
     rows += [row("bn_standardized", "mae", "knn", "", 0.291), row("bn_standardized", "simmim", "knn", "", 0.139),
              row("bn_standardized", "simmim", "linear", "", 0.078)]
-    figures.fig4c(pd.DataFrame(rows), *outputs(tmp_path, "fig4c"))
+    variance_figures.fig4c(pd.DataFrame(rows), *outputs(tmp_path, "fig4c"))
     assert_written(*outputs(tmp_path, "fig4c"))
     written = pd.read_csv(tmp_path / "fig4c.csv")
     mae = written[(written["model"] == "mae") & (written["kind"] == "variance_removal")]
@@ -263,7 +265,7 @@ def test_fig4c_when_every_bn_point_has_its_own_linear_row():
     # what variance_removal_rows writes: a linear row for every bn_standardized model
     rows = [row("variance_removal", "mae", probe, "0", v) for probe, v in (("knn", 0.06), ("linear", 0.37))]
     rows += [row("bn_standardized", "mae", "knn", "", 0.29), row("bn_standardized", "mae", "linear", "", 0.36)]
-    data = figures.fig4c_data(pd.DataFrame(rows))
+    data = variance_figures.fig4c_data(pd.DataFrame(rows))
     bn = data[data["kind"] == "bn_standardized"].set_index("model")
     assert bn.loc["mae", "knn"] == 0.29 and bn.loc["mae", "linear"] == 0.36
     assert bn.loc["mae", "linear_from"] == "bn_standardized"
@@ -277,14 +279,14 @@ def test_top_dims_overlap_table_and_heatmap(tmp_path):
     rows = [row("feature_variance_overlap", "mae", "none", "m=200", v, metric="count_shared", cls="",
                 dataset=f"{a} vs {b}") for (a, b), v in counts.items()]
     files = tmp_path / "o.csv", tmp_path / "o.tex", tmp_path / "o.pdf", tmp_path / "o.png"
-    data = figures.top_dims_overlap(pd.DataFrame(rows[::-1]), *files)
+    data = variance_figures.top_dims_overlap(pd.DataFrame(rows[::-1]), *files)
     assert_written(*files)
     written = pd.read_csv(files[0])
     assert list(zip(written["dataset_a"], written["dataset_b"], written["count_shared"])) == [
         ("cityscapes", "ade20k", 196), ("cityscapes", "fair1m", 192), ("ade20k", "fair1m", 190)]
     tex = files[1].read_text()
     assert r"\toprule" in tex and r"MAE & m=200 & cityscapes & ade20k & 196 \\" in tex
-    matrix = figures.draw_overlap(data).axes[0].images[0].get_array()
+    matrix = variance_figures.draw_overlap(data).axes[0].images[0].get_array()
     assert matrix[0, 1] == matrix[1, 0] == 196 and matrix[1, 2] == matrix[2, 1] == 190
     assert np.ma.getmaskarray(matrix)[0, 0]  # no self-comparison drawn
 
@@ -293,7 +295,7 @@ def test_table6_columns_in_paper_order(tmp_path):
     r2 = {"random200": 0.666, "full": 0.672, "only_top200": 0.55, "without_top200": 0.672}
     rows = [row("r2", "mae", "ridge", lv, v, metric="r2", provenance=OFFICIAL) for lv, v in r2.items()]
     rows.append(row("r2", "mae", "ridge", "full", 0.9, metric="r2", cls="road", provenance=OFFICIAL))  # per class
-    figures.table6(pd.DataFrame(rows), tmp_path / "t6.csv", tmp_path / "t6.tex")
+    variance_figures.table6(pd.DataFrame(rows), tmp_path / "t6.csv", tmp_path / "t6.tex")
     written = pd.read_csv(tmp_path / "t6.csv")
     assert list(written.columns[:6]) == ["model", "label", "full", "without_top200", "only_top200", "random200"]
     assert written.iloc[0][list(r2)].tolist() == list(r2.values())
@@ -301,17 +303,17 @@ def test_table6_columns_in_paper_order(tmp_path):
     assert r"Model & full & without top-200 & only top-200 & random 200 \\" in tex
     assert r"MAE & 0.672 & 0.672 & 0.550 & 0.666 \\" in tex and "DEMO" not in tex
     small = [row("r2", "mae", "ridge", lv, 0.5, metric="r2") for lv in ("random12", "without_top12", "full")]
-    assert list(figures.table6_data(pd.DataFrame(small)).columns[2:5]) == ["full", "without_top12", "random12"]
+    assert list(variance_figures.table6_data(pd.DataFrame(small)).columns[2:5]) == ["full", "without_top12", "random12"]
     with pytest.raises(ValueError, match="without_top<m>"):
-        figures.table6_data(pd.DataFrame([row("r2", "mae", "ridge", "top12", 0.5, metric="r2")]))
+        variance_figures.table6_data(pd.DataFrame([row("r2", "mae", "ridge", "top12", 0.5, metric="r2")]))
 
 
 def test_missing_and_duplicate_rows_are_named():
     with pytest.raises(ValueError, match="experiments present: train_size"):
-        figures.table6_data(pd.DataFrame([row("train_size", "mae", "knn", "set4", 0.1)]))  # no 'r2' rows
+        variance_figures.table6_data(pd.DataFrame([row("train_size", "mae", "knn", "set4", 0.1)]))  # no 'r2' rows
     twice = [row("train_size", "mae", "knn", "set4", 0.1), row("train_size", "mae", "knn", "set4", 0.2)]
     with pytest.raises(ValueError, match="share their key"):
-        figures.fig1_data(pd.DataFrame(twice))
+        probing_figures.fig1_data(pd.DataFrame(twice))
 
 
 # --- Fig. 13, Table 1 ------------------------------------------------------------------
@@ -332,20 +334,20 @@ def test_fig13_panels_and_pixel_accuracy(tmp_path):
                 pred[0] = 3  # ignore row: never counted
                 arrays[f"{model}__{probe}__{i}"] = pred
     np.savez(tmp_path / "q.npz", **arrays)
-    data = figures.fig13(tmp_path / "q.npz", *outputs(tmp_path, "fig13"), preset="demo", knn_metric="dot", demo=True)
+    data = probing_figures.fig13(tmp_path / "q.npz", *outputs(tmp_path, "fig13"), preset="demo", knn_metric="dot", demo=True)
     assert_written(*outputs(tmp_path, "fig13"))
     assert len(data) == 8 and list(data["pixel_acc"]) == pytest.approx([108 / 112] * 8)
     assert set(data["n_pixels"]) == {112}
     assert list(data["model"].unique()) == ["dino", "mae"]
-    fig = figures.draw_fig13(tmp_path / "q.npz", data)
+    fig = probing_figures.draw_fig13(tmp_path / "q.npz", data)
     shown = fig.axes[1].images[0].get_array()  # ground truth of image 0
-    palette = figures.cityscapes_palette()
+    palette = probing_figures.cityscapes_palette()
     assert tuple(palette[0]) == (128, 64, 128) and tuple(palette[255]) == (0, 0, 0)
     assert np.array_equal(np.asarray(shown), palette[arrays["gt_0"]])
 
 
 def test_table1_facts_latex_and_csv(tmp_path):
-    facts = figures.table1(tmp_path / "t1.csv", tmp_path / "t1.tex")
+    facts = probing_figures.table1(tmp_path / "t1.csv", tmp_path / "t1.tex")
     assert list(facts["model"]) == ["supervised", "dino", "dinov2", "mae", "simmim", "ibot", "scalemae"]
     assert facts["source"].str.len().min() > 10
     assert facts.set_index("model").loc["mae", "masking"] == "random 75%"

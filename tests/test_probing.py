@@ -12,8 +12,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from test_segmentation_eval import manual_scores, tiny_cityscapes, write_dataset_features
 from vitlocal.datasets import ade20k, cityscapes
 from vitlocal.errors import ConfigError
-from vitlocal.experiments import probing, segmentation as seg
-from vitlocal.experiments.qualitative import qualitative_predictions
+from vitlocal.experiments import segmentation as seg
+from vitlocal.studies.probing import compute as probing
+from vitlocal.studies.probing.qualitative import qualitative_predictions
 from vitlocal.probes.metrics import iou_per_class, mean_iou
 from vitlocal.reproduction import read_results
 from vitlocal.synthetic import generate
@@ -92,8 +93,8 @@ def test_layerwise_rows_read_each_layer(cs):
 def test_degradation_rows_train_the_linear_probe_once(cs, monkeypatch):
     target, files = cs
     calls = []
-    original = probing.train_linear
-    monkeypatch.setattr(probing, "train_linear", lambda *a, **k: calls.append(k) or original(*a, **k))
+    original = seg.train_linear
+    monkeypatch.setattr(seg, "train_linear", lambda *a, **k: calls.append(k) or original(*a, **k))
     vals = {"clean": files["val"], "blur-4": files["blur-4"], "noise-20": files["noise-20"]}
     rows = probing.degradation_rows("mae", files["set4"], vals, target=target, probes=PROBES)
     assert len(calls) == 1 and calls[0]["batchnorm"] is True  # mae is in batchnorm_models

@@ -24,7 +24,7 @@ from vitlocal.experiments.segmentation import (
     load_split,
     with_features,
 )
-from vitlocal.experiments.variance import (
+from vitlocal.studies.variance.compute import (
     DimensionsWarning,
     r2_rows,
     tile_fractions,

@@ -506,6 +506,27 @@ class ProbeSettings:
         return {"k": self.knn_k, "metric": self.knn_metric, "gallery": n_gallery, "gallery_excludes": IGNORE_INDEX}
 
 
+def knn_result(
+    train: SplitFeatures, val: SplitFeatures, target: EvalTarget, probes: ProbeSettings
+) -> tuple[SegmentationResult, dict[str, Any]]:
+    """Score of the k-NN probe (gallery ``train``) on ``val``, and its settings record."""
+    check_compatible(train, val)
+    preds = knn_predictions(train, val, k=probes.knn_k, metric=probes.knn_metric, device=probes.device)
+    return target.score(val, preds), probes.knn_record(int((train.labels != 255).sum()))
+
+
+def fit_linear(train: SplitFeatures, model: str, target: EvalTarget, probes: ProbeSettings):
+    """The linear probe of ``model`` on ``train`` (BatchNorm first for ``probes.batchnorm_models``)."""
+    return train_linear(
+        train,
+        num_classes=target.num_classes,
+        batchnorm=probes.batchnorm(model),
+        settings=probes.linear,
+        seed=probes.seed,
+        device=probes.device,
+    )
+
+
 # --------------------------------------------------------------------------- tidy rows
 
 

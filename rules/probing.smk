@@ -1,26 +1,48 @@
-# One named target per figure and table (`snakemake --cores 8 fig2`), each
-# backed by the tidy CSV of the numbers it shows, under results/<preset>/figures/.
+# Segmentation probing (paper Section 3): Figs 1-3, Table 2 from experiment CSVs
+# (src/vitlocal/studies/probing/), and Figs 10, 13 and Table 1 by rules of their own.
 
-for _figure, (_experiment, _kind) in FIGURE_OUTPUTS.items():
-    if not figure_models(_figure):
-        continue
+# One named target per figure and table (`snakemake --cores 8 fig2`).
+for _figure in study_outputs("probing"):
 
     rule:
         name:
             _figure
         input:
-            experiment_files(_experiment, figure_models(_figure)),
+            output_reads(_figure),
         output:
             **figure_files(_figure),
         params:
             figure=_figure,
-            main_train_set=MAIN_TRAIN,
         log:
             f"{LOGS}/figures/{_figure}.log",
         conda:
             "../envs/torch.yaml"
         script:
             "../scripts/make_figure.py"
+
+
+# Fig 13 needs per-pixel predictions of every model on two val images.
+rule predict_qualitative:
+    input:
+        train=[feature_file("cityscapes", MAIN_TRAIN, m) for m in config["study_models"]],
+        val=[feature_file("cityscapes", "val", m) for m in config["study_models"]],
+        manifest=f"{RESULTS}/subsets/cityscapes/val.csv",
+    output:
+        npz=f"{RESULTS}/experiments/qualitative/predictions.npz",
+    params:
+        models=config["study_models"],
+        root=lambda wildcards: dataset_root("cityscapes"),
+    threads: config["extraction"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/experiments/qualitative.log",
+    benchmark:
+        f"{BENCHMARKS}/experiments/qualitative.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/predict_qualitative.py"
 
 
 # Fig 10 illustrates the frequency noise on the first validation image.
@@ -72,8 +94,3 @@ rule table1:
         "../envs/torch.yaml"
     script:
         "../scripts/make_table1.py"
-
-
-rule figures:
-    input:
-        [path for figure in FIGURES for path in output_paths(figure, RESULTS).values()],

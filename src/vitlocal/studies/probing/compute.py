@@ -40,14 +40,13 @@ from vitlocal.experiments.segmentation import (
     ProbeSettings,
     SegmentationResult,
     SplitFeatures,
-    check_compatible,
-    knn_predictions,
+    fit_linear,
+    knn_result,
     labelled,
     linear_predictions,
     load_split,
     provenance,
     score_rows,
-    train_linear,
 )
 from vitlocal.features.degrade import parse_variant
 from vitlocal.features.store import read_attrs
@@ -91,27 +90,6 @@ def _rows(
         level=level,
         class_names=target.class_names,
         provenance=provenance(val.attrs, probe=probe, knn_metric=probes.knn_metric, settings=settings),
-    )
-
-
-def knn_result(
-    train: SplitFeatures, val: SplitFeatures, target: EvalTarget, probes: ProbeSettings
-) -> tuple[SegmentationResult, dict[str, Any]]:
-    """Score of the k-NN probe (gallery ``train``) on ``val``, and its settings record."""
-    check_compatible(train, val)
-    preds = knn_predictions(train, val, k=probes.knn_k, metric=probes.knn_metric, device=probes.device)
-    return target.score(val, preds), probes.knn_record(int((train.labels != 255).sum()))
-
-
-def fit_linear(train: SplitFeatures, model: str, target: EvalTarget, probes: ProbeSettings):
-    """The linear probe of ``model`` on ``train`` (BatchNorm first for ``probes.batchnorm_models``)."""
-    return train_linear(
-        train,
-        num_classes=target.num_classes,
-        batchnorm=probes.batchnorm(model),
-        settings=probes.linear,
-        seed=probes.seed,
-        device=probes.device,
     )
 
 

@@ -14,8 +14,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..features.degrade import FREQUENCY_BANDS, FREQUENCY_NOISE_SIGMA, band_mask, band_noise, frequency_noise
-from .plotting import new_figure, save_figure, style, write_csv
+from ...experiments.plotting import new_figure, save_figure, style, write_csv
+from ...features.degrade import (
+    FREQUENCY_BANDS,
+    FREQUENCY_NOISE_SIGMA,
+    band_mask,
+    band_noise,
+    frequency_noise,
+)
 
 COLUMNS = ("band mask (centred spectrum)", "band-limited noise", "noisy image")
 

@@ -50,7 +50,6 @@ import numpy as np
 import pandas as pd
 
 from vitlocal.errors import ConfigError
-from vitlocal.experiments.probing import fit_linear, knn_result
 from vitlocal.experiments.segmentation import (
     READERS,
     RESULT_COLUMNS,
@@ -58,6 +57,8 @@ from vitlocal.experiments.segmentation import (
     ProbeSettings,
     SegmentationResult,
     SplitFeatures,
+    fit_linear,
+    knn_result,
     labelled,
     linear_predictions,
     load_split,

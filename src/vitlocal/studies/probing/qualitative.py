@@ -28,12 +28,12 @@ import cv2
 import numpy as np
 
 from vitlocal.errors import ConfigError
-from vitlocal.experiments.probing import fit_linear
 from vitlocal.experiments.segmentation import (
     READERS,
     EvalTarget,
     ProbeSettings,
     check_compatible,
+    fit_linear,
     knn_predictions,
     labelled,
     linear_predictions,

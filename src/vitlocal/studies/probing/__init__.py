@@ -1,0 +1,116 @@
+"""Segmentation probing (paper Section 3): k-NN and linear probes of patch features.
+
+Figs 1-3 and Table 2 (``compute`` has the numbers, ``figures`` the writers),
+Fig 10 (``freqnoise_figure``), Fig 13 (``qualitative``) and Table 1. Rules:
+``rules/probing.smk``.
+"""
+
+from __future__ import annotations
+
+from ..base import Experiment, Output, Study, rows_of
+
+
+def _cityscapes(layout, model, **roles):
+    return {**roles, "val_manifest": layout.manifest("cityscapes", "val")}
+
+
+def _train_size_inputs(layout, model):
+    sets = layout.config["subsets"]["cityscapes"]["train_sets"]
+    return _cityscapes(layout, model,
+                       train_sets={name: layout.feature_file("cityscapes", name, model) for name in sets},
+                       val=layout.feature_file("cityscapes", "val", model))
+
+
+def _main_train_inputs(layout, model):
+    return _cityscapes(layout, model, train=layout.feature_file("cityscapes", layout.main_train_set, model),
+                       val=layout.feature_file("cityscapes", "val", model))
+
+
+def _degradation_inputs(layout, model):
+    variants = ["clean", *layout.degradation_variants()]
+    return _cityscapes(layout, model, train=layout.feature_file("cityscapes", layout.main_train_set, model),
+                       val_variants={v: layout.feature_file("cityscapes", "val", model, v) for v in variants})
+
+
+def _ade20k_inputs(layout, model):
+    return {"train": layout.feature_file("ade20k", "train", model), "val": layout.feature_file("ade20k", "val", model),
+            "val_manifest": layout.manifest("ade20k", "val")}
+
+
+def _train_size(job):
+    from .compute import train_size_rows
+
+    return train_size_rows(job.model, dict(job.inputs["train_sets"]), job.inputs["val"],
+                           target=job.target("cityscapes"), probes=job.probes)
+
+
+def _layerwise(job):
+    from .compute import layerwise_rows
+
+    return layerwise_rows(job.model, job.inputs["train"], job.inputs["val"], job.params["layers"],
+                          target=job.target("cityscapes"), probes=job.probes)
+
+
+def _degradation(job):
+    from .compute import degradation_rows
+
+    return degradation_rows(job.model, job.inputs["train"], dict(job.inputs["val_variants"]),
+                            target=job.target("cityscapes"), probes=job.probes)
+
+
+def _ade20k(job):
+    from .compute import ade20k_rows
+
+    return ade20k_rows(job.model, job.inputs["train"], job.inputs["val"], target=job.target("ade20k"),
+                       probes=job.probes)
+
+
+def _writer(name):
+    """The writer ``figures.<name>`` as ``write(rows, out, config)``."""
+
+    def write(rows, out, config):
+        from . import figures
+
+        writer = getattr(figures, name)
+        if "tex" in out:
+            return writer(rows, out["csv"], out["tex"])
+        return writer(rows, out["pdf"], out["png"], out["csv"])
+
+    return write
+
+
+def _write_fig3(rows, out, config):
+    from .figures import fig3
+
+    return fig3(rows, out["pdf"], out["png"], out["csv"],
+                clean_train_set=config["subsets"]["cityscapes"]["main_train_set"])
+
+
+def _cityscapes_configured(layout):
+    return layout.has("cityscapes") and bool(layout.config["study_models"])
+
+
+STUDY = Study(
+    name="probing",
+    experiments={
+        "train_size": Experiment(_train_size, _train_size_inputs),
+        "layerwise": Experiment(_layerwise, _main_train_inputs),
+        "degradation": Experiment(_degradation, _degradation_inputs),
+        "ade20k": Experiment(_ade20k, _ade20k_inputs),
+    },
+    outputs={
+        "fig1": Output("figure", _writer("fig1"), rows_of("train_size", needs=["cityscapes"]),
+                       title="k-NN vs linear mIoU by train-set size (Fig 1)"),
+        "fig2": Output("figure", _writer("fig2"), rows_of("layerwise", needs=["cityscapes"]),
+                       title="k-NN mIoU per layer, all / easy / hard classes (Fig 2)"),
+        "fig3": Output("figure", _write_fig3, rows_of("degradation", needs=["cityscapes"]),
+                       title="Robustness to blur, Gaussian noise and frequency noise (Fig 3)"),
+        "table2": Output("table", _writer("table2"), rows_of("ade20k", needs=["ade20k"]),
+                         title="ADE20K k-NN and linear mIoU (Table 2)"),
+        "fig10": Output("figure", available=lambda layout: layout.has("cityscapes"),
+                        title="Frequency noise, band by band (Fig 10)"),
+        "fig13": Output("figure", available=_cityscapes_configured,
+                        title="Qualitative k-NN and linear predictions (Fig 13)"),
+        "table1": Output("table", available=lambda layout: True, title="Pre-training augmentations (Table 1)"),
+    },
+)
