@@ -1,5 +1,6 @@
 # One job per (experiment, model): a tidy CSV of every number the experiment
-# produces (see src/vitlocal/experiments/runner.py). Figures combine models.
+# produces. Which files it reads and what it computes: the study registry
+# (src/vitlocal/studies/). Figures combine models.
 
 
 rule run_experiment:
@@ -17,8 +18,9 @@ rule run_experiment:
         },
     threads: config["extraction"]["threads"]
     resources:
-        gpu=1,
+        gpu=lambda wildcards: int(EXPERIMENTS[wildcards.experiment].gpu),
         mem_mb=16000,
+        runtime=240,  # minutes (paper preset)
     log:
         f"{LOGS}/experiments/{{experiment}}/{{model}}.log",
     benchmark:

@@ -89,10 +89,11 @@ def _writer(name):
 STUDY = Study(
     name="variance",
     experiments={
-        "feature_variance": Experiment(_feature_variance, lambda layout, model: {"train": _main_train(layout, model)}),
+        "feature_variance": Experiment(_feature_variance, lambda layout, model: {"train": _main_train(layout, model)},
+                                       gpu=False),
         "variance_removal": Experiment(_variance_removal, _removal_inputs),
         "r2": Experiment(_r2, _r2_inputs),
-        "top_dims_overlap": Experiment(_top_dims_overlap, _overlap_inputs),
+        "top_dims_overlap": Experiment(_top_dims_overlap, _overlap_inputs, gpu=False),
     },
     outputs={
         "fig4a": Output("figure", _writer("fig4a"), rows_of("feature_variance", needs=["cityscapes"]),
