@@ -24,6 +24,10 @@ include: "rules/features.smk"
 include: "rules/experiments.smk"
 include: "rules/probing.smk"
 include: "rules/variance.smk"
+include: "rules/retrieval.smk"
+include: "rules/scene.smk"
+include: "rules/dvt.smk"
+include: "rules/tracking.smk"
 include: "rules/report.smk"
 
 

@@ -67,8 +67,17 @@ from vitlocal.models.registry import resolve as resolve_model
 from vitlocal.models.weights import weights_path
 
 WEIGHTS_DIR = config["weights_dir"]
+def output_models():
+    """Models the built outputs' experiments run on beyond the three lists (e.g. the scene study's)."""
+    from vitlocal.layout import Layout
+    from vitlocal.studies import OUTPUTS
+
+    layout = Layout(config, RESULTS)
+    return {m for spec in OUTPUTS.values() if spec.is_built(layout) for _, m in spec.jobs(layout)}
+
+
 MODEL_KEYS = sorted(
-    {*config["study_models"], *config["retrieval_models"], *config["tracking_models"]}
+    {*config["study_models"], *config["retrieval_models"], *config["tracking_models"], *output_models()}
 )
 MODEL_SPECS = {key: resolve_model(key, config["models"].get(key)) for key in MODEL_KEYS}
 

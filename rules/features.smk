@@ -19,6 +19,7 @@ rule extract_features:
     resources:
         gpu=1,
         mem_mb=16000,
+        runtime=240,  # minutes, on one GPU (paper preset)
     log:
         f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/{{variant}}.log",
     benchmark:
@@ -41,6 +42,7 @@ rule extract_degraded_features:
     resources:
         gpu=1,
         mem_mb=16000,
+        runtime=240,  # minutes, on one GPU (paper preset)
     log:
         f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/degraded.log",
     benchmark:
@@ -63,6 +65,7 @@ rule extract_transformed_features:
     resources:
         gpu=1,
         mem_mb=16000,
+        runtime=240,  # minutes, on one GPU (paper preset)
     log:
         f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/transformed.log",
     benchmark:

@@ -12,6 +12,7 @@ import huggingface_hub
 import pytest
 
 from vitlocal.errors import ConfigError, CorruptFileError, WeightsNotFoundError
+from vitlocal.models import weights
 from vitlocal.models.registry import MODELS, ModelSpec, resolve
 from vitlocal.models.weights import download, ensure_weights, marker_path, weights_path
 
@@ -160,6 +161,7 @@ def test_hub_download_pins_revision_into_the_weights_dir(tmp_path, monkeypatch):
         return str(out)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+    monkeypatch.setattr(weights, "_check_host_resolves", lambda spec, path: None)  # the hub is faked: no DNS
     spec = resolve("dino", {"revision": "0123abc", "sha256": PAYLOAD_SHA})
     path = download(spec, tmp_path)
     assert calls == [("timm/vit_base_patch16_224.dino", "model.safetensors", "0123abc", tmp_path / "dino")]

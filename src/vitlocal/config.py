@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, DatasetNotFoundError
 
 #: Datasets of the study, in the order of paper.md.
 DATASETS = ("cityscapes", "ade20k", "fair1m", "bdd100k", "mot17", "ucmerced", "resisc45")
@@ -86,3 +86,28 @@ def check_config(config: Mapping[str, Any], workdir: str | Path = ".") -> None:
     if "cityscapes" in config.get("datasets", {}):
         _check_cityscapes_lists(config, Path(workdir))
     _check_bands(config)
+
+
+def check_dataset_roots(config: Mapping[str, Any], workdir: str | Path = ".") -> None:
+    """Raise one :class:`DatasetNotFoundError` listing every official dataset whose root is missing.
+
+    Run before any job (the workflow's ``onstart``): otherwise each job finds
+    its own dataset missing, one failure at a time, after the checkpoint
+    downloads have been tried. Synthetic datasets are workflow outputs.
+    """
+    import importlib
+
+    missing = []
+    for name in dataset_names(config):
+        entry = config["datasets"][name]
+        root = Path(workdir, entry["root"])
+        if entry.get("source", "official") != "synthetic" and not root.is_dir():
+            info = importlib.import_module(f".datasets.{name}", __package__).INFO
+            missing.append(f"datasets.{name}: {info.missing(entry['root'])}")
+    if missing:
+        raise DatasetNotFoundError(
+            f"{len(missing)} configured dataset(s) not found; nothing was run.\n\n"
+            + "\n\n".join(missing)
+            + "\n\nPlace each one there, point its `root` at it, or remove it from `datasets:` "
+            "to run without the figures that need it."
+        )

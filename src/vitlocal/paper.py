@@ -23,13 +23,14 @@ from .errors import VitLocalError
 from .reproduction import DATA_SOURCES, demo_banner, demo_subject
 
 #: Figure / table ids main.tex includes now (in its order), and those it keeps commented slots for.
-FIGURES = ("fig1", "fig2", "table2", "fig3", "fig10", "fig4a", "fig4b", "fig4c", "top_dims_overlap", "table6", "fig13")
-LATER = ("fig5", "fig6", "fig7", "fig8", "fig9", "fig11", "fig12", "table1", "table3", "table4", "table5")
+FIGURES = ("fig1", "fig2", "table2", "table1", "fig3", "fig10", "fig4a", "fig4b", "fig4c", "top_dims_overlap", "table6", "fig13")
+LATER = ("fig5", "fig6", "fig7", "fig8", "fig9", "fig11", "fig12", "table3", "table4", "table5")
 
 #: What is copied from results/<preset>/figures: what LaTeX can include.
 STAGED_SUFFIXES = (".pdf", ".png", ".jpg", ".tex")
 
-INSTALL_COMMAND = "apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended"
+INSTALL_COMMAND = ("apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended"
+                   " lmodern")
 
 _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                    "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -118,14 +119,33 @@ def latex_commands() -> list[list[str]]:
     )
 
 
+def first_latex_error(log: Path) -> str | None:
+    """The first ``! ...`` line of a LaTeX log (e.g. a missing package), if any."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line for line in lines if line.startswith("! ")), None)
+
+
 def compile_paper(build_dir: str | Path) -> Path:
-    """Run LaTeX in ``build_dir``; return the PDF."""
+    """Run LaTeX in ``build_dir``; return the PDF.
+
+    A failed run deletes latexmk's state (``main.fdb_latexmk``): the cause is
+    often outside the build directory (a package installed since), which that
+    state cannot see, so a rerun after the fix would otherwise report
+    "nothing to do" and leave no PDF.
+    """
     build_dir = Path(build_dir)
     for command in latex_commands():
         done = subprocess.run(command, cwd=build_dir, capture_output=True, text=True)
         if done.returncode != 0:
+            (build_dir / "main.fdb_latexmk").unlink(missing_ok=True)
+            error = first_latex_error(build_dir / "main.log")
             raise LatexBuildError(
-                f"{' '.join(command)} failed in {build_dir} (exit {done.returncode}); see {build_dir / 'main.log'}"
+                f"{' '.join(command)} failed in {build_dir} (exit {done.returncode})"
+                + (f": {error}" if error else "")
+                + f"; see {build_dir / 'main.log'}"
             )
     return build_dir / "main.pdf"
 

@@ -330,14 +330,20 @@ def candidate_crops(
 
     Columns: sample_id, image_path, xml_path, x0, y0, crop_size, classes
     (a sorted tuple of fine-class indices present per the ``min_fraction`` rule).
+    ``attrs["too_small"]`` lists the images smaller than the crop (they give
+    no crop), ``attrs["n_images"]`` counts the images read: the cause when
+    classes come up short.
     """
     stride = crop_size if stride is None else stride
     if crop_size <= 0 or stride <= 0:
         raise ConfigError(f"FAIR1M crops: crop_size={crop_size} and stride={stride} must be positive")
-    rows = []
-    for image in list_images(root, split).to_dict("records"):
+    rows, too_small = [], []
+    images = list_images(root, split).to_dict("records")
+    for image in images:
         annotation = read_annotation(Path(root, image["xml_path"]))
         width, height = annotated_size(root, image, annotation)
+        if width < crop_size or height < crop_size:
+            too_small.append(f"{image['sample_id']} ({width}x{height})")
         grid = crop_grid(width, height, crop_size, stride)
         for (x0, y0), classes in classes_in_crops(list(annotation.objects), grid, crop_size, min_fraction).items():
             if classes:
@@ -351,7 +357,19 @@ def candidate_crops(
                         "classes": tuple(sorted(classes)),
                     }
                 )
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS[:-1])
+    pool = pd.DataFrame(rows, columns=MANIFEST_COLUMNS[:-1])
+    pool.attrs.update(too_small=too_small, n_images=len(images), crop_size=crop_size)
+    return pool
+
+
+def _too_small_note(pool: pd.DataFrame) -> str:
+    """Why crops are missing when images are smaller than the crop, else ''."""
+    small = pool.attrs.get("too_small", [])
+    if not small:
+        return ""
+    shown = ", ".join(small[:3]) + (", ..." if len(small) > 3 else "")
+    return (f"; {len(small)} of {pool.attrs['n_images']} images are smaller than the "
+            f"{pool.attrs['crop_size']}-px crop and give no crop ({shown}): lower subsets.fair1m.crop_size")
 
 
 def greedy_select(pool: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
@@ -376,7 +394,8 @@ def greedy_select(pool: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame
         selected_for.extend([c] * n)
     if short:
         warnings.warn(
-            "FAIR1M crop selection: too few crops left for " + ", ".join(short), FewCropsWarning, stacklevel=3
+            "FAIR1M crop selection: too few crops left for " + ", ".join(short) + _too_small_note(pool),
+            FewCropsWarning, stacklevel=3,
         )
     manifest = pool.iloc[picks].reset_index(drop=True)
     manifest["selected_for"] = selected_for
@@ -401,6 +420,11 @@ def select_crops(
     fine-class indices present), selected_for (the class it was drawn for).
     """
     pool = candidate_crops(root, split, crop_size, min_fraction, stride)
+    if pool.empty:
+        raise ConfigError(
+            f"FAIR1M {split} under {root}: no {crop_size}-px crop holds >= {min_fraction:.3g} of any box, "
+            f"so the subset would be empty" + (_too_small_note(pool) or f" ({pool.attrs['n_images']} images read)")
+        )
     manifest = greedy_select(pool, per_class, seed)
     manifest["classes"] = [";".join(map(str, classes)) for classes in manifest["classes"]]
     return manifest[MANIFEST_COLUMNS]

@@ -143,7 +143,9 @@ class BackoffForward:
     """Runs the model in chunks of ``batch_size`` tiles, halving it on out-of-memory.
 
     A failed chunk is retried with the smaller size, which then stays for the
-    rest of the run (the next batch would fail the same way).
+    rest of the run (the next batch would fail the same way). Tokens come back
+    in ``out_dtype`` (the feature file's), cast by torch on the device: faster
+    than numpy's cast on the host, and half the bytes to copy for float16.
     """
 
     def __init__(
@@ -153,15 +155,17 @@ class BackoffForward:
         device: torch.device,
         autocast: torch.dtype | None,
         batch_size: int,
+        out_dtype: torch.dtype = torch.float32,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.layers, self.device = model, list(layers), device
         self.autocast = autocast
         self.batch_size = batch_size
+        self.out_dtype = out_dtype
 
     def __call__(self, x: torch.Tensor) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray] | None]:
-        """Patch tokens ``{L: (n_tiles, N, C)}`` and CLS ``{L: (n_tiles, C)}`` (or ``None``) as float32 numpy."""
+        """Patch tokens ``{L: (n_tiles, N, C)}`` and CLS ``{L: (n_tiles, C)}`` (or ``None``), contiguous numpy."""
         parts: list[tuple[Tokens, Tokens | None]] = []
         start = 0
         while start < len(x):
@@ -178,10 +182,9 @@ class BackoffForward:
                 self._shrink(size)
                 continue
             start += size
-        patch = {layer: torch.cat([p[layer] for p, _ in parts]).numpy() for layer in self.layers}
-        cls = None if parts[0][1] is None else {
-            layer: torch.cat([c[layer] for _, c in parts]).numpy() for layer in self.layers
-        }
+        join = lambda ts: (ts[0] if len(ts) == 1 else torch.cat(ts)).numpy()  # noqa: E731  (no copy of one part)
+        patch = {layer: join([p[layer] for p, _ in parts]) for layer in self.layers}
+        cls = None if parts[0][1] is None else {layer: join([c[layer] for _, c in parts]) for layer in self.layers}
         return patch, cls
 
     def _shrink(self, size: int) -> None:
@@ -198,7 +201,8 @@ class BackoffForward:
         )
         with torch.inference_mode(), amp:
             patch, cls = self.model(x.to(self.device, non_blocking=True), self.layers)
-        to_cpu = lambda t: t.float().cpu()  # noqa: E731  (numpy has no bfloat16)
+        # Contiguous: the patch tokens are a strided view behind the prefix tokens.
+        to_cpu = lambda t: t.to(self.out_dtype, memory_format=torch.contiguous_format).cpu()  # noqa: E731
         return (
             {layer: to_cpu(patch[layer]) for layer in self.layers},
             None if cls is None else {layer: to_cpu(cls[layer]) for layer in self.layers},
@@ -278,7 +282,7 @@ def extract(
     """
     device = torch.device(device)
     amp = default_autocast(device) if autocast == "auto" else autocast
-    forward = BackoffForward(model, layers, device, amp, batch_size)
+    forward = BackoffForward(model, layers, device, amp, batch_size, getattr(torch, writer.dtype.name))
     loader = DataLoader(
         PreparedTiles(source, preprocess, mean, std, out_size, grid),
         batch_size=images_per_load,

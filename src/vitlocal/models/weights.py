@@ -13,7 +13,9 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import socket
 import time
+import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
@@ -114,6 +116,27 @@ def ensure_weights(spec: ModelSpec, weights_dir: str | Path) -> Path:
     return path
 
 
+def is_name_resolution_error(error: BaseException) -> bool:
+    """True when a host name did not resolve anywhere in ``error``'s chain.
+
+    Retrying cannot help there (no DNS, offline machine), unlike a timeout or a
+    dropped connection. urllib wraps the resolver's error in ``URLError.reason``;
+    requests / huggingface_hub chain it through ``__cause__`` / ``__context__``.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        err = todo.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, socket.gaierror) or type(err).__name__ == "NameResolutionError":
+            return True
+        todo += [e for e in (err.__cause__, err.__context__, getattr(err, "reason", None), *err.args)
+                 if isinstance(e, BaseException)]
+    return False
+
+
 def download(
     spec: ModelSpec,
     weights_dir: str | Path,
@@ -127,7 +150,8 @@ def download(
     URLs stream into ``<file>.part`` and are renamed only once complete and
     verified, so an interrupted run never leaves a plausible-looking file.
     Transfer errors are retried ``retries`` times with exponential ``backoff``
-    seconds; a checksum mismatch is not retried (the server sends the wrong file).
+    seconds; a checksum mismatch (the server sends the wrong file) and a host
+    name that does not resolve (offline) are final at once.
     """
     path = weights_path(spec, weights_dir)
     if path.is_file():
@@ -137,6 +161,7 @@ def download(
             f"huggingface_hub is not installed, cannot fetch {source_of(spec)}; "
             f"pip install huggingface_hub, or place the file at {path}"
         )
+    _check_host_resolves(spec, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fetch = _fetch_url if spec.weights == "url" else _fetch_hub
     last: OSError | None = None
@@ -147,6 +172,8 @@ def download(
             sha256 = fetch(spec, path, timeout)
             break
         except OSError as err:  # URLError, timeouts, hub HTTP errors all derive from OSError
+            if is_name_resolution_error(err):
+                raise _offline_error(spec, path, err) from err
             last = err
     else:
         raise WeightsNotFoundError(
@@ -155,6 +182,29 @@ def download(
         )
     _write_marker(spec, path, sha256)
     return path
+
+
+def _offline_error(spec: ModelSpec, path: Path, err: BaseException) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"cannot download weights for model {spec.key!r} from {source_of(spec)}: the host name does not "
+        f"resolve ({err}); this machine is offline or has no DNS. Download the file elsewhere and place "
+        f"it at {path}."
+    )
+
+
+def _check_host_resolves(spec: ModelSpec, path: Path) -> None:
+    """Fail at once when the download host does not resolve: huggingface_hub alone would retry for ~25 s."""
+    if spec.weights == "url":
+        host = urllib.parse.urlparse(str(spec.url)).hostname
+    else:
+        from huggingface_hub import constants
+
+        host = urllib.parse.urlparse(constants.ENDPOINT).hostname
+    if host:
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror as err:
+            raise _offline_error(spec, path, err) from err
 
 
 def _fetch_url(spec: ModelSpec, path: Path, timeout: float) -> str:

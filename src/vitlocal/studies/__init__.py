@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Experiment, ExperimentJob, Output, Study
+from .dvt import STUDY as _dvt
 from .probing import STUDY as _probing
+from .retrieval import STUDY as _retrieval
+from .scene import STUDY as _scene
+from .tracking import STUDY as _tracking
 from .variance import STUDY as _variance
 
-STUDIES: dict[str, Study] = {s.name: s for s in (_probing, _variance)}
+STUDIES: dict[str, Study] = {s.name: s for s in (_probing, _variance, _retrieval, _scene, _dvt, _tracking)}
 
 EXPERIMENTS: dict[str, Experiment] = {}
 OUTPUTS: dict[str, Output] = {}

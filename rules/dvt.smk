@@ -1,0 +1,124 @@
+# Denoising Vision Transformers (src/vitlocal/denoise/, src/vitlocal/studies/dvt/):
+# stage 1 on training tiles -> stage-2 denoiser per model -> `dvt` feature
+# variant -> raw-vs-DVT probes (table_dvt) and the PCA figure (fig_dvt).
+# Stage 1 reads training subsets only (dvt.stage1_subsets); never a val set.
+
+from vitlocal.studies.dvt.wiring import checkpoint_path, stage1_inputs, stage1_sources
+
+DVT = config["dvt"]
+DVT_MODELS = DVT["models"]
+DVT_SOURCES = stage1_sources(config, RESULTS, DATASETS, dataset_root)
+DVT_STAGE1_INPUTS = stage1_inputs(DVT_SOURCES, dataset_input)
+
+
+rule dvt_stage1:
+    input:
+        unpack(lambda wildcards: {**DVT_STAGE1_INPUTS, **get_weights_input(wildcards)}),
+    output:
+        npz=f"{RESULTS}/dvt/stage1/{{model}}.npz",
+    params:
+        sources=DVT_SOURCES,
+        stage1=DVT["stage1"],
+        model_overrides=lambda wildcards: model_overrides(wildcards.model),
+        weights_dir=WEIGHTS_DIR,
+        preset=PRESET,
+        seed=config["seed"],
+        device=config["device"],
+        figure_tiles=DVT["figure_images"],
+    threads: config["extraction"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    log:
+        f"{LOGS}/dvt/stage1/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/dvt/stage1/{{model}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/dvt_stage1.py"
+
+
+rule dvt_stage2:
+    input:
+        npz=f"{RESULTS}/dvt/stage1/{{model}}.npz",
+    output:
+        checkpoint=f"{RESULTS}/dvt/stage2/{{model}}.pt",
+        sidecar=f"{RESULTS}/dvt/stage2/{{model}}.json",
+    params:
+        stage2=DVT["stage2"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["extraction"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    log:
+        f"{LOGS}/dvt/stage2/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/dvt/stage2/{{model}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/dvt_stage2.py"
+
+
+# The `dvt` variant of any clean feature file: same patches, last layer denoised.
+rule dvt_features:
+    input:
+        raw=f"{RESULTS}/features/{{dataset}}/{{subset}}/{{model}}/clean.parquet",
+        checkpoint=lambda wildcards: checkpoint_path(config, RESULTS, wildcards.model),
+    output:
+        features=f"{RESULTS}/features/{{dataset}}/{{subset}}/{{model}}/dvt.parquet",
+    params:
+        device=config["device"],
+        dtype=config["extraction"]["dtype"],
+    threads: config["extraction"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/dvt.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/dvt_features.py"
+
+
+for _figure in study_outputs("dvt"):
+
+    rule:
+        name:
+            _figure
+        input:
+            output_reads(_figure),
+        output:
+            **figure_files(_figure),
+        params:
+            figure=_figure,
+        log:
+            f"{LOGS}/figures/{_figure}.log",
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/make_figure.py"
+
+
+if "fig_dvt" in FIGURES:
+
+    rule fig_dvt:
+        input:
+            stage1=[f"{RESULTS}/dvt/stage1/{m}.npz" for m in DVT_MODELS],
+            checkpoints=[checkpoint_path(config, RESULTS, m) for m in DVT_MODELS],
+        output:
+            **figure_files("fig_dvt"),
+        params:
+            models=DVT_MODELS,
+            n_images=DVT["figure_images"],
+            preset=PRESET,
+            demo_subject=demo_subject(),
+        log:
+            f"{LOGS}/figures/fig_dvt.log",
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/make_fig_dvt.py"

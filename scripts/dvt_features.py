@@ -1,0 +1,27 @@
+"""Snakemake entry point: the `dvt` variant of one feature file (stage-2 denoiser on its last layer)."""
+
+import json
+import sys
+from pathlib import Path
+
+# The workflow's own package, also inside `--sdm conda` environments.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
+
+import torch
+
+from vitlocal.denoise.pipeline import denoise_feature_file
+from vitlocal.denoise.stage2 import load_checkpoint, sha256_of
+from vitlocal.workflow import rule_logging
+
+with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
+    sm = snakemake  # noqa: F821
+    torch.set_num_threads(sm.threads)
+    checkpoint = Path(sm.input.checkpoint)
+    sidecar = checkpoint.with_suffix(".json")
+    record = json.loads(sidecar.read_text()) if sidecar.is_file() else {"file": checkpoint.name,
+                                                                          "sha256": sha256_of(checkpoint),
+                                                                          "source": "authors' release"}
+    model = load_checkpoint(checkpoint, sha256=record.get("sha256"))
+    n = denoise_feature_file(sm.input.raw, model, sm.output.features, checkpoint=record, device=sm.params.device,
+                             dtype=sm.params.dtype)
+    log.info("%s: %d patches denoised with %s (sha256 %s)", sm.output.features, n, checkpoint, record["sha256"][:12])

@@ -1,0 +1,190 @@
+"""What the DVT rules call: training tiles -> stage-1 outputs; stage-1 outputs -> denoiser; raw files -> ``dvt`` files.
+
+Unit of stage 1: one *tile*, the image the ViT sees in this study's protocol
+(a Cityscapes image is 4 x 8 tiles, ADE20K 2 x 3; ``features.sources``). Its
+views are random-resized crops of the tile resized to the model input, and
+its full view is exactly the clean tile of the feature files, so the stage-2
+denoiser learns the map the ``dvt`` variant applies to the ``clean`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import __version__
+from ..errors import ConfigError
+from ..features.pipeline import load_manifest, resolve_device
+from ..features.sources import base_tiling, make_source
+from ..features.store import FeatureWriter, read_attrs, read_features
+from ..models.extractor import build_extractor
+from ..models.registry import resolve
+from .stage1 import Stage1Settings, denoise_image
+from .stage2 import Denoiser, Stage2Settings, denoise, save_checkpoint, train_denoiser
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike
+
+
+def select_tiles(n_images: int, n_tiles: int, limit: int | None, seed: int) -> list[tuple[int, int]]:
+    """``limit`` distinct ``(image, tile)`` pairs drawn with ``seed`` (all when ``limit`` is None), sorted."""
+    total = n_images * n_tiles
+    if limit is None or limit >= total:
+        picks = np.arange(total)
+    else:
+        picks = np.sort(np.random.default_rng(seed).choice(total, size=int(limit), replace=False))
+    return [(int(i // n_tiles), int(i % n_tiles)) for i in picks]
+
+
+def run_stage1(
+    *, model_key: str, model_overrides: Mapping[str, Any] | None, weights_dir: PathLike,
+    sources: Sequence[Mapping[str, Any]], settings: Stage1Settings, out_path: PathLike, preset: str,
+    seed: int = 0, device: str = "auto", figure_tiles: int = 4,
+) -> pd.DataFrame:
+    """Stage 1 on the selected tiles of every source; one ``.npz`` for the model; returns per-tile timings.
+
+    ``sources``: ``{dataset, root, manifest, max_tiles}`` each (training
+    manifests only; the workflow never passes an evaluation split). The
+    ``.npz`` holds ``raw``, ``denoised`` (F), ``artifact`` (G) as float16
+    (n, gh, gw, C), the tile keys, per-tile loss and seconds, the first
+    ``figure_tiles`` tiles as images, and ``attrs`` (JSON provenance).
+    """
+    spec = resolve(model_key, model_overrides)
+    torch_device = resolve_device(device)
+    extractor = build_extractor(spec, weights_dir, torch_device)
+    depth = spec.depth
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return extractor.forward_layers(x, [depth])[0][depth]
+
+    keys, raws, cleans, artifacts, thumbs, timings = [], [], [], [], [], []
+    for source_index, src in enumerate(sources):
+        dataset = src["dataset"]
+        table = load_manifest(src["manifest"])
+        tiles = make_source(dataset, src["root"], table, spec, "clean", tiling=base_tiling(dataset), seed=seed)
+        picks = select_tiles(len(table), tiles.tiling.n_tiles, src.get("max_tiles"), seed + source_index)
+        grid = tiles.grid
+        log.info("%s: stage 1 on %d tiles of %s (%d images), grid %s, %d views x %d steps on %s",
+                 model_key, len(picks), dataset, len(table), grid, settings.views, settings.steps, torch_device)
+        cached: tuple[int, Any] | None = None
+        for image_index, tile_id in picks:
+            if cached is None or cached[0] != image_index:
+                cached = (image_index, tiles[image_index])
+            item = cached[1]
+            tile = item.tiles[tile_id]
+            tile_seed = seed * 1_000_003 + len(keys)
+            result = denoise_image(tile, encode, mean=spec.mean, std=spec.std, input_size=spec.input_size,
+                                   grid=grid, settings=settings, seed=tile_seed, device=torch_device)
+            keys.append((dataset, item.sample_id, tile_id))
+            raws.append(result.raw)
+            cleans.append(result.denoised)
+            artifacts.append(result.artifact)
+            if len(thumbs) < figure_tiles:
+                thumbs.append(cv2.resize(tile, (spec.input_size, spec.input_size), interpolation=cv2.INTER_AREA))
+            timings.append({"dataset": dataset, "sample_id": item.sample_id, "tile_id": tile_id,
+                            "seconds_views": result.seconds_views, "seconds_fit": result.seconds_fit,
+                            "loss": result.loss})
+            log.info("%s %s tile %d: views %.2f s, fit %.2f s, loss %.4f", dataset, item.sample_id, tile_id,
+                     result.seconds_views, result.seconds_fit, result.loss)
+    if not keys:
+        raise ConfigError(f"dvt stage 1 for {model_key}: no training tiles selected (check dvt.stage1_tiles)")
+    timing = pd.DataFrame(timings)
+    attrs = {
+        "model": spec.key, "arch": spec.arch, "weights": spec.weights_label, "preset": preset, "seed": seed,
+        "layer": depth, "grid": list(grid), "device": str(torch_device), "settings": _plain(settings),
+        "sources": [{k: str(v) for k, v in s.items()} for s in sources], "n_tiles": len(keys),
+        "seconds_per_tile": float((timing["seconds_views"] + timing["seconds_fit"]).mean()),
+        "vitlocal_version": __version__,
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f"{out_path.stem}.tmp-{os.getpid()}.npz")
+    np.savez(
+        tmp, raw=np.stack(raws).astype(np.float16), denoised=np.stack(cleans).astype(np.float16),
+        artifact=np.stack(artifacts).astype(np.float16), images=np.stack(thumbs),
+        dataset=np.array([k[0] for k in keys]), sample_id=np.array([k[1] for k in keys]),
+        tile_id=np.array([k[2] for k in keys]), loss=timing["loss"].to_numpy(),
+        seconds_views=timing["seconds_views"].to_numpy(), seconds_fit=timing["seconds_fit"].to_numpy(),
+        attrs=np.array(json.dumps(attrs)),
+    )
+    os.replace(tmp, out_path)
+    log.info("%s: %d tiles, %.2f s per tile (views %.2f + fit %.2f) on %s -> %s", model_key, len(keys),
+             attrs["seconds_per_tile"], timing["seconds_views"].mean(), timing["seconds_fit"].mean(),
+             torch_device, out_path)
+    return timing
+
+
+def _plain(settings: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+
+
+def read_stage1(path: PathLike) -> dict[str, Any]:
+    """The arrays of a stage-1 ``.npz`` (float32) and its ``attrs``."""
+    with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in data.files}
+    out["attrs"] = json.loads(str(out["attrs"]))
+    for key in ("raw", "denoised", "artifact"):
+        out[key] = out[key].astype(np.float32)
+    return out
+
+
+def run_stage2(
+    *, stage1_path: PathLike, settings: Stage2Settings, out_path: PathLike, seed: int = 0, device: str = "auto",
+) -> dict[str, Any]:
+    """Train the denoiser on one model's stage-1 outputs (raw -> F); write the checkpoint + sidecar."""
+    data = read_stage1(stage1_path)
+    torch_device = resolve_device(device)
+    start = time.perf_counter()
+    model, losses = train_denoiser(data["raw"], data["denoised"], settings, seed=seed, device=torch_device)
+    attrs = data["attrs"]
+    provenance = {
+        "model": attrs["model"], "arch": attrs["arch"], "weights": attrs["weights"], "preset": attrs["preset"],
+        "layer": attrs["layer"], "trained_on": {"stage1": str(stage1_path), "n_tiles": int(len(data["raw"])),
+                                                "sources": attrs["sources"]},
+        "stage1_settings": attrs["settings"], "stage2_settings": _plain(settings), "seed": seed,
+        "loss_first": losses[0], "loss_last": losses[-1], "seconds": time.perf_counter() - start,
+        "device": str(torch_device),
+    }
+    record = save_checkpoint(model.cpu(), out_path, provenance)
+    log.info("%s: denoiser trained %d steps on %d tiles, loss %.4f -> %.4f, sha256 %s", attrs["model"],
+             settings.steps, len(data["raw"]), losses[0], losses[-1], record["sha256"][:12])
+    return record
+
+
+def denoise_feature_file(
+    in_path: PathLike, model: Denoiser, out_path: PathLike, *, variant: str = "dvt",
+    checkpoint: Mapping[str, Any] | None = None, device: str = "auto", dtype: str = "float16",
+) -> int:
+    """The ``dvt`` variant: ``model`` applied tile by tile to the last stored layer of ``in_path``.
+
+    Same patches, labels and metadata; only the last layer is stored (the
+    layer DVT denoises). Returns the number of patches written.
+    """
+    attrs = read_attrs(in_path)
+    layer = max(int(v) for v in attrs["layers"])
+    meta, layers = read_features(in_path, [layer])
+    x = layers[layer].astype(np.float32)
+    gh, gw = (int(v) for v in attrs["grid"])
+    per_tile = gh * gw
+    position = meta["patch_row"].to_numpy() * gw + meta["patch_col"].to_numpy()
+    if len(meta) % per_tile or (position != np.tile(np.arange(per_tile), len(meta) // per_tile)).any():
+        raise ConfigError(f"{in_path}: patches are not stored tile by tile in row-major order ({gh}x{gw} grid)")
+    out = denoise(model, x.reshape(-1, gh, gw, x.shape[1]), device=resolve_device(device)).reshape(x.shape)
+    new_attrs = {**attrs, "variant": variant, "layers": [layer], "denoiser": dict(checkpoint or {}),
+                 "raw_variant": attrs["variant"]}
+    for key in ("dtype", "dims", "n_patches", "n_tiles", "has_cls", "created", "format_version"):
+        new_attrs.pop(key, None)
+    with FeatureWriter(out_path, new_attrs, dtype=dtype) as writer:
+        writer.write(meta, {layer: out})
+    return len(meta)

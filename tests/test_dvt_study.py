@@ -1,0 +1,121 @@
+"""DVT wiring: the dvt variant file, tile selection, the registry entries, table_dvt and fig_dvt."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vitlocal.denoise.pipeline import denoise_feature_file, select_tiles
+from vitlocal.denoise.stage2 import Denoiser
+from vitlocal.errors import ConfigError
+from vitlocal.features.store import FeatureWriter, read_attrs, read_features
+from vitlocal.layout import Layout
+from vitlocal.studies import EXPERIMENTS, OUTPUTS, STUDY_OF
+from vitlocal.studies.dvt.figures import fig_dvt, table_dvt_data
+
+ATTRS = {"model": "dino", "arch": "vit", "weights": "random(seed=2)", "variant": "clean", "dataset": "cityscapes",
+         "split": "val", "preset": "demo", "patch_labels": "nearest_exact", "seed": 0, "grid": [2, 3],
+         "layers": [6, 12], "data_source": "synthetic"}
+
+
+def _write_clean(path, n_tiles=3, dim=64, shuffle=False):
+    rng = np.random.default_rng(0)
+    rows = [(t, r, c) for t in range(n_tiles) for r in range(2) for c in range(3)]
+    meta = pd.DataFrame(rows, columns=["tile_id", "patch_row", "patch_col"])
+    meta.insert(0, "sample_id", "img0")
+    meta["label"] = np.arange(len(meta), dtype=np.uint8) % 4
+    meta["image_h"], meta["image_w"] = 96, 144
+    if shuffle:
+        meta = meta.iloc[::-1].reset_index(drop=True)
+    x = rng.normal(size=(len(meta), dim)).astype(np.float32)
+    with FeatureWriter(path, ATTRS, dtype="float32") as writer:
+        writer.write(meta, {6: x * 0, 12: x})
+    return x
+
+
+def test_dvt_variant_applies_the_denoiser_tile_by_tile(tmp_path):
+    x = _write_clean(tmp_path / "clean.parquet")
+    torch.manual_seed(0)
+    model = Denoiser(64, (2, 3)).eval()
+    n = denoise_feature_file(tmp_path / "clean.parquet", model, tmp_path / "dvt.parquet",
+                             checkpoint={"sha256": "ab" * 32}, device="cpu", dtype="float32")
+    assert n == 18
+    meta, layers = read_features(tmp_path / "dvt.parquet")
+    assert list(layers) == [12]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).reshape(3, 2, 3, 64)).reshape(18, 64).numpy()
+    np.testing.assert_allclose(layers[12], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(meta["label"], np.arange(18) % 4)
+    attrs = read_attrs(tmp_path / "dvt.parquet")
+    assert attrs["variant"] == "dvt" and attrs["raw_variant"] == "clean" and attrs["denoiser"]["sha256"] == "ab" * 32
+    assert attrs["weights"] == ATTRS["weights"] and attrs["data_source"] == "synthetic"
+
+
+def test_dvt_variant_refuses_patches_out_of_grid_order(tmp_path):
+    _write_clean(tmp_path / "clean.parquet", shuffle=True)
+    with pytest.raises(ConfigError, match="row-major"):
+        denoise_feature_file(tmp_path / "clean.parquet", Denoiser(64, (2, 3)), tmp_path / "dvt.parquet", device="cpu")
+
+
+def test_select_tiles_is_seeded_distinct_and_bounded():
+    picks = select_tiles(10, 6, 7, seed=3)
+    assert picks == select_tiles(10, 6, 7, seed=3) and len(set(picks)) == 7 and picks == sorted(picks)
+    assert all(0 <= i < 10 and 0 <= t < 6 for i, t in picks)
+    assert select_tiles(2, 3, None, seed=0) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert len(select_tiles(2, 3, 100, seed=0)) == 6
+
+
+def test_registry_reads_raw_and_dvt_files():
+    assert STUDY_OF["table_dvt"] == STUDY_OF["fig_dvt"] == STUDY_OF["dvt_cityscapes"] == "dvt"
+    config = {"subsets": {"cityscapes": {"main_train_set": "set4"}}, "datasets": {"cityscapes": {}},
+              "dvt": {"models": ["dino", "deit3"]}, "study_models": []}
+    layout = Layout(config, "results/x")
+    inputs = EXPERIMENTS["dvt_cityscapes"].inputs(layout, "deit3")
+    assert inputs["dvt"]["val"] == "results/x/features/cityscapes/val/deit3/dvt.parquet"
+    assert inputs["raw"]["train"] == "results/x/features/cityscapes/set4/deit3/clean.parquet"
+    assert OUTPUTS["table_dvt"].jobs(layout) == [("dvt_cityscapes", "dino"), ("dvt_cityscapes", "deit3")]
+
+
+def _rows(model, probe, raw, dvt):
+    base = {"experiment": "dvt_cityscapes", "dataset": "cityscapes", "model": model, "probe": probe, "layer": 12,
+            "class": "mean", "metric": "miou", "preset": "paper", "weights": "timm:x", "knn_metric": "dot",
+            "patch_labels": "nearest_exact", "data": "official"}
+    return [{**base, "level": "raw", "value": raw}, {**base, "level": "dvt", "value": dvt}]
+
+
+def test_table_dvt_difference_and_paper_context():
+    df = pd.DataFrame(_rows("dino", "knn", 0.40, 0.45) + _rows("dino", "linear", 0.50, 0.48)
+                      + _rows("dinov2", "knn", 0.60, 0.61))
+    data = table_dvt_data(df).set_index(["model", "probe"])
+    assert data.loc[("dino", "knn"), "diff"] == pytest.approx(0.05)
+    assert data.loc[("dino", "linear"), "diff"] == pytest.approx(-0.02)
+    assert data.loc[("dino", "knn"), "paper_voc_linear_raw"] == 63.00
+    assert data.loc[("dino", "knn"), "paper_ade20k_linear_diff"] == pytest.approx(32.40 - 31.03)
+    assert data.loc[("dinov2", "knn"), "paper_voc_linear_diff"] == pytest.approx(84.84 - 83.60)
+    assert (data["preset"] == "paper").all()
+
+
+def test_fig_dvt_writes_files_with_demo_banner(tmp_path):
+    rng = np.random.default_rng(0)
+    s = {"raw": rng.normal(size=(3, 2, 2, 8)), "denoised": rng.normal(size=(3, 2, 2, 8)),
+         "artifact": rng.normal(size=(3, 2, 2, 8)), "images": np.zeros((2, 8, 8, 3), np.uint8),
+         "dataset": np.array(["cityscapes"] * 3), "sample_id": np.array(["a", "b", "c"]), "tile_id": np.arange(3),
+         "loss": np.ones(3), "attrs": {"weights": "random(seed=2)"}}
+    data = fig_dvt(["dino"], [s], [s["denoised"]], tmp_path / "f.pdf", tmp_path / "f.png", tmp_path / "f.csv",
+                   n_images=2, demo_subject="synthetic data", preset="demo")
+    assert len(data) == 2 and (tmp_path / "f.png").stat().st_size > 0
+    assert data["stage2_to_F_cos"].to_numpy() == pytest.approx(1.0)
+
+
+def test_stage1_never_reads_a_val_split():
+    from vitlocal.studies.dvt.wiring import stage1_sources
+
+    config = {"dvt": {"stage1_subsets": {"cityscapes": "set8", "ade20k": "train"}, "stage1_tiles": 5}}
+    sources = stage1_sources(config, "results/p", ["cityscapes"], lambda d: f"/data/{d}")
+    assert sources == [{"dataset": "cityscapes", "root": "/data/cityscapes", "max_tiles": 5,
+                        "manifest": "results/p/subsets/cityscapes/set8.csv"}]
+    config["dvt"]["stage1_subsets"]["cityscapes"] = "val"
+    with pytest.raises(ConfigError, match="never see evaluation images"):
+        stage1_sources(config, "results/p", ["cityscapes"], lambda d: d)
