@@ -40,3 +40,7 @@ echo "slurm_test: $TARGET on SLURM in $(( $(date +%s) - start )) s"
 
 python .ci/slurm_check.py --log "$work/snakemake.log" \
   --results "$work/repo/results/demo" --expected "$local_results"
+
+.ci/slurm_cluster.sh stop "$work/cluster"
+trap - EXIT
+rm -rf "$work"  # kept when a check fails, for its logs

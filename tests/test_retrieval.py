@@ -18,13 +18,18 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import reference_models as ref
 import torch
 
-import reference_models as ref
 from vitlocal.datasets import fair1m
 from vitlocal.experiments.outputs import make_output, output_paths
 from vitlocal.experiments.runner import concat_results
-from vitlocal.features.degrade import patch_correspondence, rotate, scale, shift_horizontal
+from vitlocal.features.degrade import (
+    patch_correspondence,
+    rotate,
+    scale,
+    shift_horizontal,
+)
 from vitlocal.features.pipeline import extract_feature_files
 from vitlocal.features.store import read_features
 from vitlocal.layout import Layout
@@ -164,8 +169,8 @@ def test_every_category_on_hand_built_features(metric):
     rows = [row for row, _, _ in QUERIES]
     queries = gallery[rows] + 0.1 * np.eye(len(rows), 6, k=0, dtype=np.float32)[:, ::-1]
     source = np.array([s for _, s, _ in QUERIES])
-    common = dict(query_crop=np.zeros(len(rows), int), query_label=np.full(len(rows), B737), query_source=source,
-                  gallery_crop=G_CROP, gallery_patch=G_PATCH, gallery_label=G_LABEL)
+    common = {"query_crop": np.zeros(len(rows), int), "query_label": np.full(len(rows), B737),
+              "query_source": source, "gallery_crop": G_CROP, "gallery_patch": G_PATCH, "gallery_label": G_LABEL}
     nearest, outside = nearest_patches(gallery, queries, gallery_group=G_CROP, query_group=np.zeros(len(rows), int),
                                        metric=metric, device="cpu")
     np.testing.assert_array_equal(nearest, rows)
@@ -177,8 +182,8 @@ def test_every_category_on_hand_built_features(metric):
 
 
 def test_categorise_refuses_background_queries_and_unknown_labels():
-    common = dict(query_crop=np.zeros(1, int), query_source=np.zeros(1, int), gallery_crop=G_CROP,
-                  gallery_patch=G_PATCH, gallery_label=G_LABEL)
+    common = {"query_crop": np.zeros(1, int), "query_source": np.zeros(1, int), "gallery_crop": G_CROP,
+              "gallery_patch": G_PATCH, "gallery_label": G_LABEL}
     with pytest.raises(ValueError, match="object patches"):
         categorise(np.array([0]), query_label=np.array([BG]), **common)
     with pytest.raises(Exception, match="not FAIR1M classes"):
@@ -259,7 +264,7 @@ def test_rows_count_every_query_once(scalemae_rows):
 
 
 def test_rows_feed_the_report_and_every_output(scalemae_rows, tmp_path):
-    rows, _, _, csv = scalemae_rows
+    _, _, _, csv = scalemae_rows
     tidy = read_results([csv])  # tidy contract and level conventions
     comparison = compare(tidy, load_published())
     # Nothing published for Scale-MAE: the published FAIR1M counts are listed beside ours as not computed.

@@ -142,14 +142,25 @@ def class_presence(root: str | os.PathLike, images: pd.DataFrame) -> np.ndarray:
     return presence
 
 
-def _shortfall_message(short: dict[int, int], per_class: int, where: str) -> str:
-    """Name the classes left short, so a thin subset is never mistaken for the paper's."""
-    absent = sorted(cls for cls, n in short.items() if n == 0)
+def _idx_list(classes: list[int]) -> str:
+    return f"Idx {classes[:10]}{'...' if len(classes) > 10 else ''}"
+
+
+def _shortfall_message(short: dict[int, int], in_pool: dict[int, int], per_class: int, where: str) -> str:
+    """Name the classes left short, so a thin subset is never mistaken for the paper's.
+
+    A class with no image left is either absent from every image of the pool,
+    or exhausted: its images were all taken by classes drawn before it.
+    """
+    absent = sorted(cls for cls, n in short.items() if n == 0 and in_pool[cls] == 0)
+    exhausted = sorted(cls for cls, n in short.items() if n == 0 and in_pool[cls] > 0)
     partial = {cls: n for cls, n in short.items() if n > 0}
     parts = []
     if absent:
-        more = "..." if len(absent) > 10 else ""
-        parts.append(f"no image for {len(absent)} classes (Idx {absent[:10]}{more})")
+        parts.append(f"no image for {len(absent)} classes ({_idx_list(absent)}): in no mask of the pool")
+    if exhausted:
+        parts.append(f"no image left for {len(exhausted)} classes ({_idx_list(exhausted)}): "
+                     "every image holding them was taken by a class drawn earlier")
     if partial:
         parts.append(f"fewer than {per_class} images for {partial} (Idx: taken)")
     return f"{where}: " + "; ".join(parts)
@@ -194,7 +205,8 @@ def select_subset(
     if not picks:
         raise DatasetNotFoundError(f"ADE20K {split}: no image under {root} contains any of the 150 classes")
     if short:
-        warnings.warn(_shortfall_message(short, per_class, f"ADE20K {canonical_split(split)} under {root}"),
+        in_pool = {cls: int(presence[:, cls].sum()) for cls in short}
+        warnings.warn(_shortfall_message(short, in_pool, per_class, f"ADE20K {canonical_split(split)} under {root}"),
                       TooFewCandidatesWarning, stacklevel=2)
     manifest = images.iloc[[i for i, _, _ in picks]].reset_index(drop=True)
     manifest["selected_for_class"] = [cls for _, cls, _ in picks]

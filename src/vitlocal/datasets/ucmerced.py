@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import ConfigError, CorruptFileError, LabelError
+from ..errors import ConfigError, CorruptFileError, DatasetNotFoundError, LabelError
 from .base import DatasetInfo, require_dir
 
 COLUMNS = ["sample_id", "image_path", "class_name", "label"]
@@ -91,7 +91,13 @@ def list_scene_images(layout: SceneLayout, root: str | os.PathLike, classes=None
         )
     missing = [c for c in wanted if c not in folders]
     if missing:
-        raise layout.info.missing(root, f"class folders {', '.join(f'{prefix}/{c}' for c in missing)}")
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        present = [c for c in wanted if c in folders]
+        error = layout.info.missing(root, f"{len(missing)} of {len(wanted)} class folders of {prefix}/ ({shown})")
+        if classes is None and present:
+            raise DatasetNotFoundError(f"{error}\nTo read only the {len(present)} classes present, pass "
+                                       f"classes={present!r} to list_images.")
+        raise error
     rows = []
     for class_name in wanted:
         files = _class_files(layout, base / class_name, class_name)

@@ -193,8 +193,9 @@ def categorise(
     if (np.asarray(query_label) == fair1m.BACKGROUND).any():
         raise ValueError("queries must be object patches; background queries were given")
     found = np.asarray(gallery_label, dtype=np.int64)[nearest]
-    same_patch = (np.asarray(gallery_crop)[nearest] == query_crop) & (np.asarray(gallery_patch)[nearest] == query_source)
-    same_patch &= np.asarray(query_source) >= 0
+    query_source = np.asarray(query_source)
+    same_patch = np.asarray(gallery_crop)[nearest] == query_crop
+    same_patch &= (np.asarray(gallery_patch)[nearest] == query_source) & (query_source >= 0)
     query_label = np.asarray(query_label, dtype=np.int64)
     return np.select(
         [same_patch, found == query_label, _SUPER[found] == _SUPER[query_label], found != fair1m.BACKGROUND],
@@ -313,8 +314,8 @@ def retrieval_rows(
         for variant, q in queries.items():
             chosen = slice(start, start + len(q.label))
             start += len(q.label)
-            common = dict(query_crop=q.crop, query_label=q.label, query_source=q.source, gallery_crop=gallery.crop,
-                          gallery_patch=gallery.patch, gallery_label=gallery.label)
+            common = {"query_crop": q.crop, "query_label": q.label, "query_source": q.source,
+                      "gallery_crop": gallery.crop, "gallery_patch": gallery.patch, "gallery_label": gallery.label}
             found = {EXPERIMENT: category_counts(categorise(nearest[chosen], **common)),
                      EXCLUDE_OWN: category_counts(categorise(_checked(outside[chosen]), **common))}
             rows = _variant_rows(name, variant, len(q.label), upper_bound(q.source), found)
@@ -341,9 +342,10 @@ def _variant_rows(model: str, variant: str, n: int, bound: int, found: Mapping[s
                              "metric": "share", "value": count / n if n else float("nan")})
         if experiment == EXPERIMENT and variant.startswith("rotate-") and float(variant[7:]).is_integer():
             # The published rows (rotate-5 ... rotate-20); their level regex takes whole degrees only.
+            level = f"rotate-{int(float(variant[7:]))}"
             for metric, parts in CUMULATIVE.items():
-                rows.append({"experiment": "fair1m_rotation", "model": model, "level": f"rotate-{int(float(variant[7:]))}",
-                             "class": "all_nonbg", "metric": metric, "value": float(sum(counts[c] for c in parts))})
+                rows.append({"experiment": "fair1m_rotation", "model": model, "level": level, "class": "all_nonbg",
+                             "metric": metric, "value": float(sum(counts[c] for c in parts))})
     return pd.DataFrame(rows)
 
 

@@ -24,7 +24,13 @@ from vitlocal.experiments.figure_helpers import (
     with_provenance,
     write_figure,
 )
-from vitlocal.experiments.plotting import model_colour, model_label, model_order, new_figure, require_rows
+from vitlocal.experiments.plotting import (
+    model_colour,
+    model_label,
+    model_order,
+    new_figure,
+    require_rows,
+)
 from vitlocal.experiments.tables import write_table
 
 from . import CATEGORIES, EXCLUDE_OWN, EXPERIMENT
