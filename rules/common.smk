@@ -6,6 +6,7 @@ import os
 from snakemake.utils import validate
 
 from vitlocal.config import check_config, dataset_names, subset_names
+from vitlocal.layout import Layout
 
 
 # Structure and defaults first (schema), then what a schema cannot say (model
@@ -20,6 +21,7 @@ LOGS = f"logs/{PRESET}"
 BENCHMARKS = f"benchmarks/{PRESET}"
 DATASETS = dataset_names(config)
 SYNTHETIC_DATASETS = [d for d in DATASETS if config["datasets"][d]["source"] == "synthetic"]
+LAYOUT = Layout(config, RESULTS)
 
 
 wildcard_constraints:
@@ -67,13 +69,13 @@ from vitlocal.models.registry import resolve as resolve_model
 from vitlocal.models.weights import weights_path
 
 WEIGHTS_DIR = config["weights_dir"]
+
+
 def output_models():
     """Models the built outputs' experiments run on beyond the three lists (e.g. the scene study's)."""
-    from vitlocal.layout import Layout
     from vitlocal.studies import OUTPUTS
 
-    layout = Layout(config, RESULTS)
-    return {m for spec in OUTPUTS.values() if spec.is_built(layout) for _, m in spec.jobs(layout)}
+    return {m for spec in OUTPUTS.values() if spec.is_built(LAYOUT) for _, m in spec.jobs(LAYOUT)}
 
 
 MODEL_KEYS = sorted(
@@ -109,9 +111,6 @@ def get_weights_input(wildcards):
 # --- feature files ----------------------------------------------------------
 
 
-from vitlocal.layout import Layout
-
-LAYOUT = Layout(config, RESULTS)
 feature_file = LAYOUT.feature_file
 degradation_variants = LAYOUT.degradation_variants
 transform_variants = LAYOUT.transform_variants

@@ -91,9 +91,9 @@ def list_scene_images(layout: SceneLayout, root: str | os.PathLike, classes=None
         )
     missing = [c for c in wanted if c not in folders]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = ", ".join(f"{prefix}/{c}" for c in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         present = [c for c in wanted if c in folders]
-        error = layout.info.missing(root, f"{len(missing)} of {len(wanted)} class folders of {prefix}/ ({shown})")
+        error = layout.info.missing(root, f"{len(missing)} of {len(wanted)} class folders ({shown})")
         if classes is None and present:
             raise DatasetNotFoundError(f"{error}\nTo read only the {len(present)} classes present, pass "
                                        f"classes={present!r} to list_images.")

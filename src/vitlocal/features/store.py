@@ -244,6 +244,19 @@ class FeatureWriter:
         self.patches: _Table | None = None
         self.cls: _Table | None = None
         self.closed = False
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Start clean: a job killed outright (``kill -9``) cannot abort, and may leave its
+        temporary files, or a CLS sibling renamed without its patch file, which Snakemake
+        does not remove (the sibling is no declared output). A complete old pair stays
+        until this write succeeds."""
+        sibling = cls_path(self.path)
+        stale = [*self.path.parent.glob(f"{self.path.name}.tmp-*"), *self.path.parent.glob(f"{sibling.name}.tmp-*")]
+        if not self.path.exists():
+            stale.append(sibling)
+        for leftover in stale:
+            leftover.unlink(missing_ok=True)
 
     def __enter__(self) -> FeatureWriter:
         return self

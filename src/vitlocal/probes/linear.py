@@ -10,8 +10,9 @@ unless ``val_fraction`` holds out *training* patches (or training images, via
 ``groups``) to select the epoch on.
 
 Defaults (documented choices, not the authors'): Adam, lr 1e-3, batch 4096,
-30 epochs, no weight decay, zero-initialised weights (the problem is convex,
-so no random init is needed). Training is fast because the whole feature
+no weight decay, zero-initialised weights (the problem is convex, so no
+random init is needed). The workflow trains ``probes.linear_epochs`` epochs
+(100 in config.yaml); this function's own default of 30 serves quick calls. Training is fast because the whole feature
 matrix stays on the device and minibatches are index gathers from a seeded
 permutation (no DataLoader); it is deterministic on CPU for a given seed.
 """

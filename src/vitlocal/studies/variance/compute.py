@@ -43,7 +43,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -326,18 +326,24 @@ def tile_class_counts(
 
 
 def unique_images(manifest: pd.DataFrame) -> pd.DataFrame:
-    """``manifest`` with each image once (first occurrence): a repeated image has the same label map."""
-    return manifest.drop_duplicates("sample_id").reset_index(drop=True)
+    """``manifest`` with each image once (first occurrence), by ``image_path``: a repeated
+    image has the same label map and features, and would count twice. Its rows carry
+    distinct ids (``<id>__dup1``, given by the reader), so the id cannot tell."""
+    return manifest.drop_duplicates("image_path").reset_index(drop=True)
 
 
-def central_patches(split: SplitFeatures, manifest: pd.DataFrame, n_tiles: int) -> tuple[np.ndarray, np.ndarray]:
+def central_patches(
+    split: SplitFeatures, manifest: pd.DataFrame, n_tiles: int, skip: Collection[str] = ()
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``split`` at each tile's central patch (row ``gh // 2``, col ``gw // 2``) and their tile positions.
 
     Position = image index in ``manifest`` (unique ``sample_id``) * ``n_tiles`` + ``tile_id``.
+    Rows of the samples in ``skip`` (repeated images) are left out.
     """
     gh, gw = patch_grid(split)
     meta = split.meta
-    rows = np.flatnonzero((meta["patch_row"].to_numpy() == gh // 2) & (meta["patch_col"].to_numpy() == gw // 2))
+    central = (meta["patch_row"].to_numpy() == gh // 2) & (meta["patch_col"].to_numpy() == gw // 2)
+    rows = np.flatnonzero(central & ~meta["sample_id"].astype(str).isin(list(skip)).to_numpy())
     sample_ids = meta["sample_id"].to_numpy()[rows].astype(str)
     image = pd.Index(manifest["sample_id"].astype(str)).get_indexer(sample_ids)
     if (image < 0).any():
@@ -354,10 +360,11 @@ def central_patch_tiles(
     split: SplitFeatures, manifest: pd.DataFrame, target: EvalTarget
 ) -> tuple[np.ndarray, np.ndarray]:
     """Central-patch embeddings ``(n, C)`` of ``split``'s tiles and the tiles' class pixel counts ``(n, classes)``."""
-    manifest = unique_images(manifest)
+    unique = unique_images(manifest)
+    repeated = set(manifest["sample_id"].astype(str)) - set(unique["sample_id"].astype(str))
     tiling = tiling_of(split, target.tiling)
-    counts = tile_class_counts(target.dataset, target.root, manifest, tiling, target.num_classes)
-    rows, position = central_patches(split, manifest, tiling.n_tiles)
+    counts = tile_class_counts(target.dataset, target.root, unique, tiling, target.num_classes)
+    rows, position = central_patches(split, unique, tiling.n_tiles, skip=repeated)
     return split.x[rows], counts.reshape(-1, target.num_classes)[position]
 
 
