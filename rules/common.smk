@@ -5,7 +5,7 @@ import os
 
 from snakemake.utils import validate
 
-from vitlocal.config import check_config, dataset_names, subset_names
+from vitlocal.config import check_config, check_dataset_roots, dataset_names, subset_names
 from vitlocal.layout import Layout
 
 
@@ -14,6 +14,12 @@ from vitlocal.layout import Layout
 # stops the run before any job starts.
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)
+
+
+# Every configured dataset root is checked once, before any job (not on -n / --lint / --report).
+onstart:
+    check_dataset_roots(config)
+
 
 PRESET = config["preset"]
 RESULTS = f"results/{PRESET}"
@@ -249,10 +255,11 @@ def experiment_jobs():
 
 
 def figure_files(figure):
-    """Outputs of a figure rule; the PNG goes into the Snakemake HTML report."""
+    """Outputs of a figure rule; its PNG (a table's CSV) goes into the HTML report with its caption."""
     paths = output_paths(figure, RESULTS)
-    if "png" in paths:
-        paths["png"] = report(paths["png"], category="Figures", labels={"figure": figure})
+    shown = "png" if "png" in paths else "csv"
+    paths[shown] = report(paths[shown], caption="../report/figure.rst",
+                          category="Figures" if shown == "png" else "Tables", labels={"figure": figure})
     return paths
 
 

@@ -87,7 +87,7 @@ rule fig13:
 # Table 1 holds static facts from the models' papers (src/vitlocal/data/).
 rule table1:
     output:
-        **output_paths("table1", RESULTS),
+        **figure_files("table1"),
     log:
         f"{LOGS}/figures/table1.log",
     conda:
