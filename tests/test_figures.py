@@ -376,3 +376,55 @@ def test_fig10_masks_noise_and_csv_match_degrade(tmp_path):
         assert np.array_equal(np.asarray(fig.axes[3 * i + 2].images[0].get_array()),
                               degrade.frequency_noise(image, band, 5))
     assert data["noise_std"].is_monotonic_decreasing  # narrower low-frequency rings carry less power
+
+
+# --- drawn lines equal the CSV (a curve drawn reversed or shuffled while the CSV stays right fails) ---------
+
+
+def _drawn_series(fig):
+    """Every data line of every panel as (panel index, x tuple, y tuple); legend handles are not in ax.lines."""
+    return sorted((i, tuple(map(float, line.get_xdata())), tuple(map(float, line.get_ydata())))
+                  for i, ax in enumerate(fig.axes) for line in ax.lines)
+
+
+def _csv_series(data, panel_column, keys, x):
+    panels = list(dict.fromkeys(data[panel_column])) if panel_column else [None]
+    out = []
+    for i, panel in enumerate(panels):
+        part = data if panel is None else data[data[panel_column] == panel]
+        for _, series in part.groupby(keys, sort=False):
+            series = series.sort_values(x)
+            out.append((i, tuple(map(float, series[x])), tuple(map(float, series["value"]))))
+    return sorted(out)
+
+
+def _assert_lines_match(fig, data, panel_column, keys, x):
+    drawn = _drawn_series(fig)
+    assert drawn == _csv_series(data, panel_column, keys, x)
+    assert all(np.all(np.diff(xs) > 0) for _, xs, _ in drawn)  # drawn left to right
+
+
+def test_fig1_drawn_lines_are_the_csv_values():
+    sets = ["set8", "set2", "set4"]
+    rows = [row("train_size", m, p, s, 0.1 * i + 0.03 * j + (0.2 if p == "linear" else 0))
+            for j, m in enumerate(["mae", "dino"]) for p in ("knn", "linear") for i, s in enumerate(sets)]
+    data = probing_figures.fig1_data(pd.DataFrame(rows))
+    _assert_lines_match(probing_figures.draw_fig1(data), data, None, ["model", "probe"], "x")
+
+
+def test_fig2_drawn_lines_are_the_csv_values():
+    rows, _ = layerwise_rows()
+    data = probing_figures.fig2_data(pd.DataFrame(rows))
+    _assert_lines_match(probing_figures.draw_fig2(data), data, "group", ["model"], "layer")
+
+
+def test_fig3_drawn_lines_are_the_csv_values():
+    rows = []
+    for m in ("dino", "mae"):
+        for p in ("knn", "linear"):
+            rows.append(row("degradation_blur", m, p, "blur-0", 0.4))
+            rows += [row("degradation_blur", m, p, f"blur-{k}", 0.3 - k / 100) for k in (8, 2, 4)]
+            rows.append(row("degradation_noise", m, p, "noise-0", 0.4))
+            rows += [row("degradation_noise", m, p, f"noise-{s}", 0.2 - s / 1000) for s in (40, 10)]
+    data = probing_figures.fig3_data(pd.DataFrame(rows))
+    _assert_lines_match(probing_figures.draw_fig3(data), data, "panel", ["model", "probe"], "x")
