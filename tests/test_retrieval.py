@@ -302,5 +302,7 @@ def test_experiment_reads_every_variant_and_fig11_falls_back(paper_config, demo_
     assert len(inputs["queries"]) == 24 and "rotate-20" in inputs["queries"] and "freqnoise-4" in inputs["queries"]
     assert fig11_models(paper_config) == ["dino", "ibot", "dinov2"]
     demo = copy.deepcopy(demo_config)
-    assert fig11_models({**demo, "retrieval": {"fig11_models": ["dino", "ibot", "dinov2"]}}) \
-        == demo["retrieval_models"]
+    wanted = {"fig11_models": ["dino", "ibot", "dinov2"]}
+    assert fig11_models({**demo, "retrieval": wanted}) == ["dino", "ibot", "dinov2"]  # the demo has all three
+    mae_only = {**demo, "retrieval_models": ["mae"], "retrieval": wanted}
+    assert fig11_models(mae_only) == ["mae"]  # none configured: every retrieval model, the missing ones named

@@ -39,8 +39,8 @@ def _retrieval(job):
 def fig11_models(config):
     """The models of Fig 11 (``retrieval.fig11_models``) configured for retrieval; if none, every retrieval model.
 
-    The fallback keeps ``fig11`` buildable in a small config (the demo has
-    MAE only); the figure and its CSV name the models that are missing.
+    The fallback keeps ``fig11`` buildable in a small config (e.g. MAE
+    only); the figure and its CSV name the models that are missing.
     """
     wanted = [m for m in config.get("retrieval", {}).get("fig11_models", []) if m in config["retrieval_models"]]
     return wanted or list(config["retrieval_models"])
