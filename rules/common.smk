@@ -194,10 +194,10 @@ def experiment_file(experiment, model):
 
 
 def flatten(inputs):
-    """The paths of ``{role: path | {name: path}}`` as a flat list."""
+    """The paths of ``{role: path | {name: path | {...}}}`` as a flat list."""
     files = []
     for value in inputs.values():
-        files += list(value.values()) if isinstance(value, dict) else [value]
+        files += flatten(value) if isinstance(value, dict) else [value]
     return files
 
 

@@ -3,7 +3,7 @@
 # variant -> raw-vs-DVT probes (table_dvt) and the PCA figure (fig_dvt).
 # Stage 1 reads training subsets only (dvt.stage1_subsets); never a val set.
 
-from vitlocal.studies.dvt.wiring import checkpoint_path, stage1_inputs, stage1_sources
+from vitlocal.studies.dvt.wiring import checkpoint_path, denoised_pairs, stage1_inputs, stage1_sources
 
 DVT = config["dvt"]
 DVT_MODELS = DVT["models"]
@@ -63,25 +63,36 @@ rule dvt_stage2:
         "../scripts/dvt_stage2.py"
 
 
-# The `dvt` variant of any clean feature file: same patches, last layer denoised.
-rule dvt_features:
-    input:
-        raw=f"{RESULTS}/features/{{dataset}}/{{subset}}/{{model}}/clean.parquet",
-        checkpoint=lambda wildcards: checkpoint_path(config, RESULTS, wildcards.model),
-    output:
-        features=f"{RESULTS}/features/{{dataset}}/{{subset}}/{{model}}/dvt.parquet",
-    params:
-        device=config["device"],
-        dtype=config["extraction"]["dtype"],
-    threads: config["extraction"]["threads"]
-    resources:
-        gpu=1,
-    log:
-        f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/dvt.log",
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../scripts/dvt_features.py"
+# Every denoised feature file the experiments read, for one model, in one job:
+# the denoiser is one Transformer block, so one job per model beats one per file.
+for _model in DVT_MODELS:
+    _pairs = denoised_pairs(
+        [p for e, m in experiment_jobs() if m == _model for p in flatten(EXPERIMENTS[e].inputs(LAYOUT, m))]
+    )
+
+    rule:
+        name:
+            f"dvt_features_{_model}"
+        input:
+            raw=[raw for raw, _ in _pairs],
+            checkpoint=checkpoint_path(config, RESULTS, _model),
+        output:
+            features=[out for _, out in _pairs],
+        params:
+            model=_model,
+            device=config["device"],
+            dtype=config["extraction"]["dtype"],
+        threads: config["extraction"]["threads"]
+        resources:
+            gpu=1,
+        log:
+            f"{LOGS}/dvt/features/{_model}.log",
+        benchmark:
+            f"{BENCHMARKS}/dvt/features/{_model}.tsv"
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/dvt_features.py"
 
 
 for _figure in study_outputs("dvt"):

@@ -1,4 +1,4 @@
-"""Snakemake entry point: the `dvt` variant of one feature file (stage-2 denoiser on its last layer)."""
+"""Snakemake entry point: every denoised feature file of one model (stage-2 denoiser on the last layer)."""
 
 import json
 import sys
@@ -22,6 +22,7 @@ with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake
                                                                           "sha256": sha256_of(checkpoint),
                                                                           "source": "authors' release"}
     model = load_checkpoint(checkpoint, sha256=record.get("sha256"))
-    n = denoise_feature_file(sm.input.raw, model, sm.output.features, checkpoint=record, device=sm.params.device,
-                             dtype=sm.params.dtype)
-    log.info("%s: %d patches denoised with %s (sha256 %s)", sm.output.features, n, checkpoint, record["sha256"][:12])
+    for raw, out in zip(sm.input.raw, sm.output.features):
+        n = denoise_feature_file(raw, model, out, variant=Path(out).stem, checkpoint=record,
+                                 device=sm.params.device, dtype=sm.params.dtype)
+        log.info("%s: %d patches denoised with %s (sha256 %s)", out, n, checkpoint, record["sha256"][:12])

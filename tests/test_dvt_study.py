@@ -70,12 +70,80 @@ def test_select_tiles_is_seeded_distinct_and_bounded():
 def test_registry_reads_raw_and_dvt_files():
     assert STUDY_OF["table_dvt"] == STUDY_OF["fig_dvt"] == STUDY_OF["dvt_cityscapes"] == "dvt"
     config = {"subsets": {"cityscapes": {"main_train_set": "set4"}}, "datasets": {"cityscapes": {}},
+              "degradations": {"blur_kernels": [2], "noise_sigmas": [], "frequency_bands": []},
               "dvt": {"models": ["dino", "deit3"]}, "study_models": []}
     layout = Layout(config, "results/x")
     inputs = EXPERIMENTS["dvt_cityscapes"].inputs(layout, "deit3")
     assert inputs["dvt"]["val"] == "results/x/features/cityscapes/val/deit3/dvt.parquet"
     assert inputs["raw"]["train"] == "results/x/features/cityscapes/set4/deit3/clean.parquet"
-    assert OUTPUTS["table_dvt"].jobs(layout) == [("dvt_cityscapes", "dino"), ("dvt_cityscapes", "deit3")]
+    assert OUTPUTS["table_dvt"].jobs(layout) == [("dvt_cityscapes", "dino"), ("dvt_cityscapes", "deit3"),
+                                                 ("dvt_robustness", "dino"), ("dvt_robustness", "deit3")]
+
+
+def test_every_task_reads_the_denoised_counterpart_of_its_raw_files():
+    config = {"subsets": {"cityscapes": {"main_train_set": "set4"}, "fair1m": {"split": "train"},
+                          "bdd100k": {"split": "val"}},
+              "datasets": {d: {} for d in ("cityscapes", "ade20k", "fair1m", "bdd100k")},
+              "degradations": {"blur_kernels": [2], "noise_sigmas": [], "frequency_bands": []},
+              "transforms": {"shifts": [], "rotations": [5], "scales": []},
+              "dvt": {"models": ["dino"]}, "study_models": []}
+    layout = Layout(config, "r")
+    assert {e for e, _ in OUTPUTS["table_dvt"].jobs(layout)} == {
+        "dvt_cityscapes", "dvt_ade20k", "dvt_robustness", "dvt_retrieval", "dvt_tracking"}
+    rob = EXPERIMENTS["dvt_robustness"].inputs(layout, "dino")
+    assert rob["dvt"]["val_variants"] == {"clean": "r/features/cityscapes/val/dino/dvt.parquet",
+                                          "blur-2": "r/features/cityscapes/val/dino/dvt-blur-2.parquet"}
+    assert rob["raw"]["val_variants"]["blur-2"] == "r/features/cityscapes/val/dino/blur-2.parquet"
+    ret = EXPERIMENTS["dvt_retrieval"].inputs(layout, "dino")
+    assert ret["dvt"]["queries"] == {"rotate-5": "r/features/fair1m/train/dino/dvt-rotate-5.parquet",
+                                     "blur-2": "r/features/fair1m/train/dino/dvt-blur-2.parquet"}
+    assert ret["manifest"] == "r/subsets/fair1m/train.csv"
+    tra = EXPERIMENTS["dvt_tracking"].inputs(layout, "dino")
+    assert tra == {"raw": "r/features/bdd100k/val/dino/clean.parquet",
+                   "dvt": "r/features/bdd100k/val/dino/dvt.parquet", "manifest": "r/subsets/bdd100k/val.csv"}
+    ade = EXPERIMENTS["dvt_ade20k"].inputs(layout, "dino")
+    assert ade["dvt"] == {"train": "r/features/ade20k/train/dino/dvt.parquet",
+                          "val": "r/features/ade20k/val/dino/dvt.parquet"}
+
+
+def _tidy(experiment, level, value, *, probe="knn", cls="mean", metric="miou", model="dino"):
+    return {"experiment": experiment, "dataset": "x", "model": model, "probe": probe, "layer": 12, "level": level,
+            "class": cls, "metric": metric, "value": value, "preset": "paper", "weights": "timm:x",
+            "knn_metric": "dot", "patch_labels": "nearest_exact", "data": "official"}
+
+
+def test_table_dvt_sums_up_each_task_as_its_study_reads_it():
+    rows = [
+        # Fig 3: the clean level (-0) is not averaged in; blur levels 2 and 8 are.
+        _tidy("dvt_robustness", "raw:blur-0", 0.9), _tidy("dvt_robustness", "dvt:blur-0", 0.9),
+        _tidy("dvt_robustness", "raw:blur-2", 0.4), _tidy("dvt_robustness", "raw:blur-8", 0.2),
+        _tidy("dvt_robustness", "dvt:blur-2", 0.5), _tidy("dvt_robustness", "dvt:blur-8", 0.4),
+        # Fig 6: same-patch share, transforms and degradations apart; other categories ignored.
+        *(_tidy("dvt_retrieval", f"{side}:{v}", x, probe="none", cls="same_patch", metric="share")
+          for side, v, x in (("raw", "rotate-5", 0.6), ("raw", "shift-8", 0.8), ("raw", "noise-10", 0.3),
+                             ("dvt", "rotate-5", 0.7), ("dvt", "shift-8", 0.9), ("dvt", "noise-10", 0.2))),
+        _tidy("dvt_retrieval", "raw:rotate-5", 0.1, probe="none", cls="background", metric="share"),
+        _tidy("dvt_retrieval", "dvt:rotate-5", 0.1, probe="none", cls="background", metric="share"),
+        # Fig 8: same-instance accuracy, mean over gaps.
+        *(_tidy("dvt_tracking", f"{side}:delta={g}", x, probe="none", cls="all", metric="acc_same_instance")
+          for side, g, x in (("raw", 1, 0.9), ("raw", 5, 0.5), ("dvt", 1, 1.0), ("dvt", 5, 0.7))),
+        _tidy("dvt_ade20k", "raw", 0.2, probe="linear"), _tidy("dvt_ade20k", "dvt", 0.25, probe="linear"),
+    ]
+    data = table_dvt_data(pd.DataFrame(rows)).set_index("task")
+    blur = data.loc["Fig 3 blur: k-NN mIoU (mean of levels)"]
+    assert (blur["raw"], blur["dvt"], blur["diff"]) == pytest.approx((0.3, 0.45, 0.15))
+    transforms = data.loc["FAIR1M same patch: transforms (mean share)"]
+    assert (transforms["raw"], transforms["dvt"]) == pytest.approx((0.7, 0.8))
+    assert data.loc["FAIR1M same patch: degradations (mean share)", "diff"] == pytest.approx(-0.1)
+    tracking = data.loc["BDD100K tracking: same instance (mean over gaps)"]
+    assert (tracking["raw"], tracking["dvt"]) == pytest.approx((0.7, 0.85))
+    assert data.loc["ADE20K linear mIoU", "diff"] == pytest.approx(0.05)
+    assert len(data) == 5
+
+
+def test_table_dvt_refuses_a_task_without_its_dvt_rows():
+    with pytest.raises(ValueError, match="both raw and dvt"):
+        table_dvt_data(pd.DataFrame([_tidy("dvt_ade20k", "raw", 0.2)]))
 
 
 def _rows(model, probe, raw, dvt):
@@ -119,3 +187,14 @@ def test_stage1_never_reads_a_val_split():
     config["dvt"]["stage1_subsets"]["cityscapes"] = "val"
     with pytest.raises(ConfigError, match="never see evaluation images"):
         stage1_sources(config, "results/p", ["cityscapes"], lambda d: d)
+
+
+def test_denoised_pairs_map_each_dvt_file_to_its_raw_file_once():
+    from vitlocal.studies.dvt.wiring import denoised_pairs
+
+    paths = ["r/features/c/val/dino/clean.parquet", "r/features/c/val/dino/dvt.parquet",
+             "r/features/c/val/dino/dvt-blur-2.parquet", "r/features/c/val/dino/dvt.parquet",
+             "r/subsets/c/val.csv", "r/features/c/val/dino/dvt1.parquet"]
+    assert denoised_pairs(paths) == [("r/features/c/val/dino/clean.parquet", "r/features/c/val/dino/dvt.parquet"),
+                                     ("r/features/c/val/dino/blur-2.parquet",
+                                      "r/features/c/val/dino/dvt-blur-2.parquet")]

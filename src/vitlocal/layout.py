@@ -47,6 +47,11 @@ class Layout:
     def feature_file(self, dataset: str, subset: str, model: str, variant: str = "clean") -> str:
         return f"{self.results}/features/{dataset}/{subset}/{model}/{variant}.parquet"
 
+    @staticmethod
+    def denoised(variant: str = "clean") -> str:
+        """The DVT-denoised counterpart of a feature variant: ``dvt`` (of ``clean``), ``dvt-blur-8``, ..."""
+        return "dvt" if variant == "clean" else f"dvt-{variant}"
+
     def experiment_file(self, experiment: str, model: str) -> str:
         return f"{self.results}/experiments/{experiment}/{model}.csv"
 

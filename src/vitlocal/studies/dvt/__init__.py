@@ -1,15 +1,19 @@
 """DVT as a feature cleaner (Yang et al., ECCV 2024): raw vs denoised features on this study's probes.
 
-The algorithm lives in ``vitlocal.denoise``; this package wires it: the
-``dvt_cityscapes`` experiment (k-NN and linear probe, last layer, ``clean``
-vs ``dvt`` features), ``table_dvt`` (raw vs DVT with the difference, the DVT
-paper's numbers beside as context) and ``fig_dvt`` (PCA-to-RGB of raw, G and
-denoised maps; a rule of its own). Rules: ``rules/dvt.smk``.
+The algorithm lives in ``vitlocal.denoise``; this package wires it. One
+experiment per task it mirrors, each running that study's own computation on
+the raw and the denoised (``Layout.denoised``) feature files of one model:
+``dvt_cityscapes`` (k-NN and linear, last layer), ``dvt_ade20k`` (Table 2),
+``dvt_robustness`` (Fig 3), ``dvt_retrieval`` (Fig 6) and ``dvt_tracking``
+(Fig 8). ``table_dvt`` sums them up (raw, DVT, difference; the DVT paper's
+numbers beside as context) and ``fig_dvt`` (PCA-to-RGB of raw, G and denoised
+maps) has a rule of its own. Rules: ``rules/dvt.smk``.
 """
 
 from __future__ import annotations
 
 from ..base import Experiment, Output, Study, rows_of
+from .compute import EXPERIMENTS as TASK_EXPERIMENTS
 
 
 def dvt_models(config):
@@ -17,22 +21,114 @@ def dvt_models(config):
     return list(config.get("dvt", {}).get("models", []))
 
 
-def _cityscapes_inputs(layout, model):
+def _both(files):
+    """``{raw: files(layout, model, name of a raw variant), dvt: files(..., name of its denoised variant)}``."""
+
+    def inputs(layout, model):
+        return {"raw": files(layout, model, lambda v: v), "dvt": files(layout, model, layout.denoised)}
+
+    return inputs
+
+
+def _split_files(dataset, train):
+    def files(layout, model, variant):
+        return {"train": layout.feature_file(dataset, train(layout), model, variant("clean")),
+                "val": layout.feature_file(dataset, "val", model, variant("clean"))}
+
+    return files
+
+
+def _with_manifest(files, key, dataset, split):
+    def inputs(layout, model):
+        return {**files(layout, model), key: layout.manifest(dataset, split(layout))}
+
+    return inputs
+
+
+def _robustness_files(layout, model, variant):
     train = layout.main_train_set
-    return {
-        "raw": {"train": layout.feature_file("cityscapes", train, model),
-                "val": layout.feature_file("cityscapes", "val", model)},
-        "dvt": {"train": layout.feature_file("cityscapes", train, model, "dvt"),
-                "val": layout.feature_file("cityscapes", "val", model, "dvt")},
-        "val_manifest": layout.manifest("cityscapes", "val"),
-    }
+    return {"train": layout.feature_file("cityscapes", train, model, variant("clean")),
+            "val_variants": {v: layout.feature_file("cityscapes", "val", model, variant(v))
+                             for v in ["clean", *layout.degradation_variants()]}}
 
 
-def _dvt_cityscapes(job):
+def _retrieval_files(layout, model, variant):
+    split = layout.split("fair1m")
+    queries = [*layout.transform_variants(), *layout.degradation_variants()]
+    return {"gallery": layout.feature_file("fair1m", split, model, variant("clean")),
+            "queries": {v: layout.feature_file("fair1m", split, model, variant(v)) for v in queries}}
+
+
+def _tracking_files(layout, model, variant):
+    return layout.feature_file("bdd100k", layout.split("bdd100k"), model, variant("clean"))
+
+
+def _levels(job):
+    return {level: job.inputs[level] for level in ("raw", "dvt")}
+
+
+def _cityscapes(job):
     from .compute import raw_vs_dvt_rows
 
-    return raw_vs_dvt_rows(job.model, {v: dict(p) for v, p in (("raw", job.inputs["raw"]), ("dvt", job.inputs["dvt"]))},
-                           target=job.target("cityscapes"), probes=job.probes)
+    return raw_vs_dvt_rows(job.model, _levels(job), target=job.target("cityscapes"), probes=job.probes)
+
+
+def _ade20k(job):
+    from .compute import ade20k_raw_vs_dvt_rows
+
+    return ade20k_raw_vs_dvt_rows(job.model, _levels(job), target=job.target("ade20k"), probes=job.probes)
+
+
+def _robustness(job):
+    from .compute import robustness_raw_vs_dvt_rows
+
+    return robustness_raw_vs_dvt_rows(job.model, _levels(job), target=job.target("cityscapes"), probes=job.probes)
+
+
+def _retrieval(job):
+    from ...subsets import read_manifest
+    from ..retrieval.compute import search_settings
+    from .compute import retrieval_raw_vs_dvt_rows
+
+    return retrieval_raw_vs_dvt_rows(job.model, _levels(job), read_manifest(job.inputs["manifest"]),
+                                     **search_settings(job.config))
+
+
+def _tracking(job):
+    from ..tracking.compute import TrackingSettings
+    from .compute import tracking_raw_vs_dvt_rows
+
+    return tracking_raw_vs_dvt_rows(job.model, _levels(job), job.inputs["manifest"], dataset="bdd100k",
+                                    root=job.params["roots"]["bdd100k"], split=job.config["subsets"]["bdd100k"]["split"],
+                                    settings=TrackingSettings.from_config(job.config))
+
+
+def _main_train(layout):
+    return layout.main_train_set
+
+
+#: task -> (run, files of one level, manifest role, dataset, its split, datasets it needs)
+_TASKS = {
+    "cityscapes": (_cityscapes, _split_files("cityscapes", _main_train), "val_manifest", "cityscapes",
+                   lambda layout: "val", ["cityscapes"]),
+    "ade20k": (_ade20k, _split_files("ade20k", lambda layout: "train"), "val_manifest", "ade20k",
+               lambda layout: "val", ["ade20k"]),
+    "robustness": (_robustness, _robustness_files, "val_manifest", "cityscapes", lambda layout: "val",
+                   ["cityscapes"]),
+    "retrieval": (_retrieval, _retrieval_files, "manifest", "fair1m", lambda layout: layout.split("fair1m"),
+                  ["fair1m"]),
+    "tracking": (_tracking, _tracking_files, "manifest", "bdd100k", lambda layout: layout.split("bdd100k"),
+                 ["bdd100k"]),
+}
+
+EXPERIMENTS = {TASK_EXPERIMENTS[task]: Experiment(run, _with_manifest(_both(files), role, dataset, split))
+               for task, (run, files, role, dataset, split, _) in _TASKS.items()}
+
+
+def _table_jobs(layout):
+    """Every task whose dataset is configured, for every DVT model."""
+    return [job for task, (*_, needs) in _TASKS.items()
+            for job in rows_of(TASK_EXPERIMENTS[task], dvt_models, needs=needs)(layout)]
 
 
 def _write_table(rows, out, config):
@@ -43,10 +139,10 @@ def _write_table(rows, out, config):
 
 STUDY = Study(
     name="dvt",
-    experiments={"dvt_cityscapes": Experiment(_dvt_cityscapes, _cityscapes_inputs)},
+    experiments=EXPERIMENTS,
     outputs={
-        "table_dvt": Output("table", _write_table, rows_of("dvt_cityscapes", dvt_models, needs=["cityscapes"]),
-                            title="Raw vs DVT-denoised features, k-NN and linear probe (Cityscapes)"),
+        "table_dvt": Output("table", _write_table, _table_jobs,
+                            title="Raw vs DVT-denoised features on every study's task"),
         "fig_dvt": Output("figure", available=lambda layout: bool(dvt_models(layout.config)) and
                           layout.has("cityscapes"),
                           title="PCA of raw features, DVT's artifact map G and the denoised features"),

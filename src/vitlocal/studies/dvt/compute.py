@@ -1,16 +1,20 @@
-"""Raw vs DVT-denoised features on Cityscapes: k-NN and linear probe at the last layer.
+"""Raw vs DVT-denoised features, each study's own computation run on both.
 
-Rows: ``segmentation.score_rows`` with experiment ``dvt_cityscapes``, level
-``raw`` (the ``clean`` feature files) or ``dvt`` (the stage-2 denoiser's
-output on the same patches). The probe is trained on the main training set
-and scored on the val set of the same variant; the layer is the last block
-(the one DVT denoises).
+Every function takes ``files[level]`` for level ``raw`` (the ``clean`` or
+degraded / transformed feature files) and ``dvt`` (the stage-2 denoiser's
+output on the same patches: ``Layout.denoised``), calls the computation of
+the study it mirrors on each, and returns its tidy rows with experiment
+``dvt_<task>`` and level ``raw`` / ``dvt`` (or ``raw:<level>`` /
+``dvt:<level>`` where the study's rows have levels of their own). The layer
+is the last block (the one DVT denoises); both levels are computed in one job
+with the same settings, so a difference is DVT's alone.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -29,21 +33,36 @@ from vitlocal.experiments.segmentation import (
 from vitlocal.features.store import read_attrs
 
 log = logging.getLogger(__name__)
-EXPERIMENT = "dvt_cityscapes"
 LEVELS = ("raw", "dvt")
+#: The experiments of this study, by the task they mirror.
+EXPERIMENTS = {"cityscapes": "dvt_cityscapes", "ade20k": "dvt_ade20k", "robustness": "dvt_robustness",
+               "retrieval": "dvt_retrieval", "tracking": "dvt_tracking"}
+
+Files = Mapping[str, Any]
 
 
-def raw_vs_dvt_rows(
-    model: str, files: Mapping[str, Mapping[str, str]], *, target: EvalTarget, probes: ProbeSettings,
-) -> pd.DataFrame:
-    """``files[level] = {"train": path, "val": path}`` for level ``raw`` and ``dvt`` -> tidy rows."""
-    layer = max(int(v) for v in read_attrs(files["dvt"]["val"])["layers"])
+def denoised_layer(path) -> int:
+    """The one layer a ``dvt`` file stores (the model's last block)."""
+    return max(int(v) for v in read_attrs(path)["layers"])
+
+
+def _relabel(rows: pd.DataFrame, experiment: str, level: str, *, keep_level: bool = False) -> pd.DataFrame:
+    out = rows.copy()
+    out["experiment"] = experiment
+    out["level"] = [f"{level}:{v}" for v in out["level"]] if keep_level else level
+    return out
+
+
+def raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target: EvalTarget,
+                    probes: ProbeSettings) -> pd.DataFrame:
+    """Cityscapes k-NN and linear probe (Figs 1-2 protocol, last layer): ``files[level] = {train, val}``."""
+    layer = denoised_layer(files["dvt"]["val"])
     frames = []
     for level in LEVELS:
         val = load_split(files[level]["val"], layer)
         train = labelled(load_split(files[level]["train"], layer))
-        common = dict(experiment=EXPERIMENT, dataset=target.dataset, model=model, layer=val.layer, level=level,
-                      class_names=target.class_names)
+        common = dict(experiment=EXPERIMENTS["cityscapes"], dataset=target.dataset, model=model, layer=val.layer,
+                      level=level, class_names=target.class_names)
         knn, record = knn_result(train, val, target, probes)
         frames.append(score_rows(knn, probe="knn", **common,
                                  provenance=provenance(val.attrs, probe="knn", knn_metric=probes.knn_metric,
@@ -54,4 +73,57 @@ def raw_vs_dvt_rows(
                                  provenance=provenance(val.attrs, probe="linear", knn_metric=probes.knn_metric,
                                                        settings=settings)))
         log.info("%s %s layer %d: k-NN mIoU %.3f, linear mIoU %.3f", model, level, layer, knn.miou, linear.miou)
+    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+
+
+def ade20k_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target: EvalTarget,
+                           probes: ProbeSettings) -> pd.DataFrame:
+    """Table 2's probes (present classes only) on raw and denoised ADE20K features."""
+    from ..probing.compute import ade20k_rows
+
+    layer = denoised_layer(files["dvt"]["val"])
+    frames = [_relabel(ade20k_rows(model, files[level]["train"], files[level]["val"], target=target, probes=probes,
+                                   layer=layer), EXPERIMENTS["ade20k"], level) for level in LEVELS]
+    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+
+
+def robustness_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target: EvalTarget,
+                               probes: ProbeSettings) -> pd.DataFrame:
+    """Fig 3 on raw and denoised features: ``files[level] = {train, val_variants: {variant: path}}``.
+
+    Levels ``raw:blur-8``, ``dvt:noise-0`` (``-0``: the clean val set), as in Fig 3's rows.
+    """
+    from ..probing.compute import degradation_rows
+
+    layer = denoised_layer(files["dvt"]["train"])
+    frames = [_relabel(degradation_rows(model, files[level]["train"], dict(files[level]["val_variants"]),
+                                        target=target, probes=probes, layer=layer),
+                       EXPERIMENTS["robustness"], level, keep_level=True) for level in LEVELS]
+    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+
+
+def retrieval_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], manifest: pd.DataFrame,
+                              **search: Any) -> pd.DataFrame:
+    """Fig 6 on raw and denoised features: ``files[level] = {gallery, queries: {variant: path}}``.
+
+    Only Fig 6's rows (own image kept, no dimensions removed); levels ``raw:rotate-5``.
+    """
+    from ..retrieval import EXPERIMENT
+    from ..retrieval.compute import retrieval_rows
+
+    frames = []
+    for level in LEVELS:
+        rows = retrieval_rows(model, files[level]["gallery"], dict(files[level]["queries"]), manifest, **search)
+        rows = rows[(rows["experiment"] == EXPERIMENT) & (rows["model"] == model)]
+        frames.append(_relabel(rows, EXPERIMENTS["retrieval"], level, keep_level=True))
+    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+
+
+def tracking_raw_vs_dvt_rows(model: str, files: Mapping[str, str], manifest, **tracking: Any) -> pd.DataFrame:
+    """Fig 8 on raw and denoised BDD100K features: ``files[level]`` one feature file; levels ``raw:delta=1``."""
+    from ..tracking.compute import tracking_rows
+
+    frames = [tracking_rows(model, files[level], manifest, experiment=EXPERIMENTS["tracking"],
+                            variant="clean" if level == "raw" else "dvt", level_prefix=f"{level}:", **tracking)
+              for level in LEVELS]
     return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from vitlocal.experiments.figure_helpers import (
-    PROBES,
     check_single_layer,
     check_unique,
     demo_flag,
@@ -21,7 +20,6 @@ from vitlocal.experiments.plotting import (
     model_order,
     new_figure,
     provenance_subtitle,
-    require_rows,
     save_figure,
     write_csv,
 )
@@ -40,23 +38,72 @@ DVT_PAPER = {
 }
 
 
+_PROBE_LABEL = {"knn": "k-NN", "linear": "linear", "none": ""}
+_TRANSFORMS = ("shift", "rotate", "scale")
+
+
+def _split_level(rows: pd.DataFrame) -> pd.DataFrame:
+    """``raw:blur-8`` -> side ``raw``, sub-level ``blur-8``."""
+    side, _, sub = zip(*(level.partition(":") for level in rows["level"])) if len(rows) else ((), (), ())
+    return rows.assign(side=pd.Series(side, index=rows.index, dtype=object),
+                       sub=pd.Series(sub, index=rows.index, dtype=object))
+
+
+def _task_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """One value per (model, task, probe, side): each experiment summed up the way its study reads it."""
+    frames = []
+    seg = rows[rows["experiment"].isin(["dvt_cityscapes", "dvt_ade20k"]) & (rows["metric"] == "miou")]
+    if len(seg):
+        name = seg["experiment"].map({"dvt_cityscapes": "Cityscapes", "dvt_ade20k": "ADE20K"})
+        frames.append(seg.assign(task=name + " " + seg["probe"].map(_PROBE_LABEL) + " mIoU", side=seg["level"]))
+    rob = _split_level(rows[(rows["experiment"] == "dvt_robustness") & (rows["metric"] == "miou")])
+    rob = rob[~rob["sub"].str.endswith("-0")]
+    if len(rob):
+        kind = rob["sub"].str.rsplit("-", n=1).str[0]
+        frames.append(rob.assign(task="Fig 3 " + kind + ": " + rob["probe"].map(_PROBE_LABEL) + " mIoU (mean of levels)"))
+    ret = _split_level(rows[(rows["experiment"] == "dvt_retrieval") & (rows["metric"] == "share")
+                            & (rows["class"] == "same_patch")])
+    if len(ret):
+        family = ret["sub"].str.split("-").str[0].isin(_TRANSFORMS).map({True: "transforms", False: "degradations"})
+        frames.append(ret.assign(task="FAIR1M same patch: " + family + " (mean share)"))
+    tra = _split_level(rows[(rows["experiment"] == "dvt_tracking") & (rows["metric"] == "acc_same_instance")])
+    if len(tra):
+        frames.append(tra.assign(task="BDD100K tracking: same instance (mean over gaps)"))
+    if not frames:
+        raise ValueError("table_dvt: no rows of dvt_cityscapes, dvt_ade20k, dvt_robustness, dvt_retrieval or "
+                         f"dvt_tracking (experiments present: {', '.join(sorted(set(rows['experiment'])))})")
+    tasks = pd.concat(frames, ignore_index=True)
+    bad = sorted(set(tasks["side"]) - {"raw", "dvt"})
+    if bad:
+        raise ValueError(f"table_dvt: levels must be raw / dvt (or raw:<level> / dvt:<level>), found {bad}")
+    return tasks.groupby(["model", "task", "probe", "side"], sort=False).agg(
+        value=("value", "mean"), layer=("layer", "first")).reset_index()
+
+
 def table_dvt_data(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, probe): Cityscapes mIoU raw, DVT, DVT - raw; the DVT paper's gains beside."""
-    rows = require_rows(tidy_rows(df, "table_dvt"), "table_dvt", metric="miou", probe=PROBES, level=["raw", "dvt"])
-    check_unique(rows, ("model", "probe", "level"), "table_dvt")
-    check_single_layer(rows, "table_dvt")
-    wide = rows.pivot(index=["model", "probe"], columns="level", values="value").reset_index()
+    """One row per (model, task, probe): raw, DVT, DVT - raw; the DVT paper's linear-probe gains beside."""
+    rows = tidy_rows(df, "table_dvt")
+    rows = rows[rows["experiment"].str.startswith("dvt_")]
+    for experiment, part in rows.groupby("experiment"):
+        keys = ("model", "probe", "level", "class", "metric")
+        check_unique(part, keys, f"table_dvt ({experiment})")
+    check_single_layer(rows[rows["layer"] != ""], "table_dvt")
+    tasks = _task_rows(rows)
+    wide = tasks.pivot(index=["model", "task", "probe", "layer"], columns="side", values="value").reset_index()
     wide.columns.name = None
+    missing = [side for side in ("raw", "dvt") if side not in wide.columns]
+    if missing or wide[["raw", "dvt"]].isna().any().any():
+        raise ValueError("table_dvt: every task needs both raw and dvt rows")
     wide["diff"] = wide["dvt"] - wide["raw"]
-    wide["task"] = "cityscapes " + wide["probe"].map({"knn": "k-NN", "linear": "linear"})
     for key, name in (("voc", "paper_voc_linear"), ("ade", "paper_ade20k_linear")):
         wide[f"{name}_raw"] = wide["model"].map(lambda m, k=key: DVT_PAPER.get(m, {}).get(k, (np.nan,))[0])
         wide[f"{name}_diff"] = wide["model"].map(
             lambda m, k=key: (lambda v: v[1] - v[0])(DVT_PAPER[m][k]) if m in DVT_PAPER else np.nan)
     order = {m: i for i, m in enumerate(model_order(wide["model"]))}
-    wide = wide.assign(_m=wide["model"].map(order)).sort_values(["_m", "probe"]).drop(columns="_m")
+    task_order = {t: i for i, t in enumerate(dict.fromkeys(tasks["task"]))}
+    wide = wide.assign(_m=wide["model"].map(order), _t=wide["task"].map(task_order)).sort_values(
+        ["_m", "_t", "probe"]).drop(columns=["_m", "_t"])
     wide.insert(1, "label", wide["model"].map(model_label))
-    wide["layer"] = rows["layer"].iloc[0]
     columns = ["model", "label", "task", "probe", "layer", "raw", "dvt", "diff",
                "paper_voc_linear_raw", "paper_voc_linear_diff", "paper_ade20k_linear_raw", "paper_ade20k_linear_diff"]
     return with_provenance(wide[columns], rows)
@@ -66,8 +113,8 @@ def table_dvt(df: pd.DataFrame, out_csv: str | Path, out_tex: str | Path, *, dem
     """Write the raw-vs-DVT table (CSV + LaTeX); return it."""
     data = table_dvt_data(df)
     is_demo, subject = demo_flag(data, demo)
-    caption = ("Cityscapes mIoU of raw and DVT-denoised last-layer features (stage-2 denoiser), with the "
-               "difference; DVT paper's own linear-probe numbers (VOC / ADE20K, 512 px, mmseg heads) beside as "
+    caption = ("Raw vs DVT-denoised last-layer features (stage-2 denoiser) on each study's task, with the "
+               "difference (mIoU, retrieval share and tracking accuracy as fractions); DVT paper's own linear-probe numbers (VOC / ADE20K, 512 px, mmseg heads) beside as "
                f"context, not targets ({provenance_subtitle(data.assign(probe='knn'))}).")
     write_table(data, out_csv, out_tex, caption, "tab:table_dvt",
                 columns={"label": "Model", "task": "task", "raw": "raw", "dvt": "DVT", "diff": "DVT - raw",

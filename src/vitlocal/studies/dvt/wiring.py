@@ -37,3 +37,20 @@ def stage1_inputs(sources: Sequence[Mapping[str, Any]], data_input: Callable[[st
         inputs[f"manifest_{source['dataset']}"] = source["manifest"]
         inputs.update({f"{k}_{source['dataset']}": v for k, v in data_input(source["dataset"]).items()})
     return inputs
+
+
+def denoised_pairs(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """``(raw file, denoised file)`` for each denoised feature file among ``paths`` (each once, in order).
+
+    ``features/.../dvt.parquet`` comes from ``clean.parquet`` beside it,
+    ``dvt-<variant>.parquet`` from ``<variant>.parquet`` (``Layout.denoised``).
+    """
+    pairs = {}
+    for path in paths:
+        folder, _, name = str(path).rpartition("/")
+        variant = name.removesuffix(".parquet")
+        if "features" in folder.split("/") and name.endswith(".parquet") and (
+                variant == "dvt" or variant.startswith("dvt-")):
+            raw = "clean" if variant == "dvt" else variant.removeprefix("dvt-")
+            pairs[path] = f"{folder}/{raw}.parquet"
+    return [(raw, out) for out, raw in pairs.items()]
