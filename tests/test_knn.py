@@ -127,3 +127,35 @@ def test_rejects_bad_inputs() -> None:
     bad[1, 2] = np.nan
     with pytest.raises(ValueError, match=r"query_x rows 0..2 contain NaN"):
         nearest_neighbors(train_x, bad)
+
+
+@pytest.mark.parametrize("metric", ["dot", "l2", "cosine"])
+def test_cpu_1nn_path_agrees_with_the_top_k_path(metric: str) -> None:
+    # k=1 on the CPU runs in numpy alone; k=2 runs the general torch path.
+    # dot / l2 on integer features: exact ties between duplicated rows, same
+    # winner rule. Normalised (cosine) scores are rounded, so no exact ties.
+    rng = np.random.default_rng(2)
+    if metric == "cosine":
+        gallery, _, query = _data(n_train=130, n_query=45)
+    else:
+        base = rng.integers(-3, 4, size=(50, 8)).astype(np.float32)
+        extra = rng.integers(-3, 4, size=(30, 8)).astype(np.float32)
+        gallery = np.concatenate([base, extra, base])
+        query = rng.integers(-3, 4, size=(45, 8)).astype(np.float32)
+    for block in (7, 50, 1000):
+        idx1, s1 = nearest_neighbors(gallery, query, k=1, metric=metric, block_size=block, device="cpu")
+        idx2, s2 = nearest_neighbors(gallery, query, k=2, metric=metric, block_size=block, device="cpu")
+        np.testing.assert_array_equal(idx1[:, 0], idx2[:, 0])
+        np.testing.assert_allclose(s1[:, 0], s2[:, 0], rtol=1e-6, atol=1e-5)
+
+
+def test_gallery_inf_is_named_and_huge_finite_rows_are_not_rejected() -> None:
+    train_x, _, query_x = _data(n_train=10, n_query=3)
+    bad = train_x.copy()
+    bad[7, 0] = np.inf
+    with pytest.raises(ValueError, match=r"gallery_x rows 4..7 contain NaN or inf"):
+        nearest_neighbors(bad, query_x, block_size=4, device="cpu")
+    # Row sums overflow float32 here, yet every value is finite: accepted.
+    huge = np.full((4, 24), 3e38, dtype=np.float32)
+    idx, _ = nearest_neighbors(huge, -huge[:1] * 0 + 1e-30, device="cpu")
+    assert idx.shape == (1, 1)
