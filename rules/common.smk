@@ -270,3 +270,22 @@ def figure_targets():
 def report_inputs():
     """Every experiment CSV the figures use (each once)."""
     return [experiment_file(e, m) for e, m in experiment_jobs()]
+
+
+# --- DVT (rules/dvt.smk) ----------------------------------------------------
+
+
+def dvt_inputs(model):
+    """Every file the experiments read for ``model``."""
+    return [p for e, m in experiment_jobs() if m == model for p in flatten(EXPERIMENTS[e].inputs(LAYOUT, m))]
+
+
+def dvt1_inputs(jobs, model):
+    """Raw files, their manifests, (synthetic) data and the model's weights."""
+    weights = weights_file(model)
+    return {
+        "raw": [job["raw"] for job in jobs],
+        "manifests": sorted({job["manifest"] for job in jobs}),
+        **{key: path for job in jobs for key, path in dataset_input(job["dataset"]).items()},
+        **({"weights": weights} if weights else {}),
+    }

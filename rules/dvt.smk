@@ -3,7 +3,13 @@
 # variant -> raw-vs-DVT probes (table_dvt) and the PCA figure (fig_dvt).
 # Stage 1 reads training subsets only (dvt.stage1_subsets); never a val set.
 
-from vitlocal.studies.dvt.wiring import checkpoint_path, denoised_pairs, stage1_inputs, stage1_sources
+from vitlocal.studies.dvt.wiring import (
+    checkpoint_path,
+    denoised_pairs,
+    stage1_feature_jobs,
+    stage1_inputs,
+    stage1_sources,
+)
 
 DVT = config["dvt"]
 DVT_MODELS = DVT["models"]
@@ -66,9 +72,7 @@ rule dvt_stage2:
 # Every denoised feature file the experiments read, for one model, in one job:
 # the denoiser is one Transformer block, so one job per model beats one per file.
 for _model in DVT_MODELS:
-    _pairs = denoised_pairs(
-        [p for e, m in experiment_jobs() if m == _model for p in flatten(EXPERIMENTS[e].inputs(LAYOUT, m))]
-    )
+    _pairs = denoised_pairs(dvt_inputs(_model))
 
     rule:
         name:
@@ -93,6 +97,42 @@ for _model in DVT_MODELS:
             "../envs/torch.yaml"
         script:
             "../scripts/dvt_features.py"
+
+
+# dvt1: stage 1's F of every tile of a clean file (dvt.stage1_tasks), no denoiser:
+# per tile as costly as stage 1's training tiles, hence opt-in and per task.
+for _model in DVT_MODELS:
+    _jobs = stage1_feature_jobs(dvt_inputs(_model), LAYOUT.manifest)
+    if not _jobs:
+        continue
+
+    rule:
+        name:
+            f"dvt1_features_{_model}"
+        input:
+            **dvt1_inputs(_jobs, _model),
+        output:
+            features=[job["out"] for job in _jobs],
+        params:
+            model=_model,
+            jobs=[{**job, "root": dataset_root(job["dataset"])} for job in _jobs],
+            model_overrides=model_overrides(_model),
+            weights_dir=WEIGHTS_DIR,
+            stage1=DVT["stage1"],
+            seed=config["seed"],
+            device=config["device"],
+            dtype=config["extraction"]["dtype"],
+        threads: config["extraction"]["threads"]
+        resources:
+            gpu=1,
+        log:
+            f"{LOGS}/dvt/features1/{_model}.log",
+        benchmark:
+            f"{BENCHMARKS}/dvt/features1/{_model}.tsv"
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/dvt1_features.py"
 
 
 for _figure in study_outputs("dvt"):

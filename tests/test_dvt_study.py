@@ -198,3 +198,77 @@ def test_denoised_pairs_map_each_dvt_file_to_its_raw_file_once():
     assert denoised_pairs(paths) == [("r/features/c/val/dino/clean.parquet", "r/features/c/val/dino/dvt.parquet"),
                                      ("r/features/c/val/dino/blur-2.parquet",
                                       "r/features/c/val/dino/dvt-blur-2.parquet")]
+
+
+TINY32 = {"arch": "vit_tiny_patch16_224", "weights": "random", "seed": 1,
+          "model_kwargs": {"img_size": 32, "embed_dim": 16, "depth": 2, "num_heads": 2}}
+
+
+def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path):
+    from vitlocal.datasets import cityscapes
+    from vitlocal.denoise.pipeline import _last_layer_encoder, stage1_feature_file
+    from vitlocal.denoise.stage1 import Stage1Settings, denoise_image
+    from vitlocal.features.pipeline import extract_features
+    from vitlocal.features.sources import base_tiling, make_source
+    from vitlocal.models.registry import resolve
+    from vitlocal.synthetic import generate
+
+    root = generate("cityscapes", tmp_path / "cityscapes", size="tiny", seed=0)
+    manifest = cityscapes.list_images(root, "val").head(1)
+    clean, out = tmp_path / "clean.parquet", tmp_path / "dvt1.parquet"
+    common = dict(model_key="dino", model_overrides=TINY32, weights_dir=tmp_path / "w", device="cpu")
+    extract_features(dataset="cityscapes", root=root, manifest=manifest, subset="val", out_path=clean, layers=[1, 2],
+                     variant="clean", preset="test", dtype="float32", autocast="none", data_source="synthetic",
+                     progress=False, **common)
+    settings = Stage1Settings(views=3, steps=4, tokens_per_step=16, levels=2, features_per_level=2,
+                              base_resolution=2, max_resolution=4, hidden=8, batch_size=4)
+    done = stage1_feature_file(clean, out, root=root, manifest=manifest, settings=settings, seed=3, dtype="float32",
+                               **common)
+    meta_raw, raw = read_features(clean)
+    meta, layers = read_features(out)
+    assert done["tiles"] == 32 and done["patches"] == len(meta_raw) == 32 * 4
+    pd.testing.assert_frame_equal(meta, meta_raw)
+    assert list(layers) == [2]
+    attrs = read_attrs(out)
+    assert attrs["variant"] == "dvt1" and attrs["raw_variant"] == "clean" and attrs["denoiser"]["method"] == "stage1"
+    # Tile 5 by hand: its seed is the file's tile counter; its full view is the file's clean tile.
+    spec = resolve("dino", TINY32)
+    item = make_source("cityscapes", root, manifest, spec, "clean", tiling=base_tiling("cityscapes"), seed=0)[0]
+    result = denoise_image(item.tiles[5], _last_layer_encoder(spec, tmp_path / "w", torch.device("cpu")),
+                           mean=spec.mean, std=spec.std, input_size=spec.input_size, grid=spec.grid,
+                           settings=settings, seed=3 * 1_000_003 + 5, device="cpu")
+    rows = (meta["tile_id"] == 5).to_numpy()
+    np.testing.assert_allclose(layers[2][rows], result.denoised.reshape(-1, 16), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw[2][rows], result.raw.reshape(-1, 16), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="holds 'dino' features; dvt1 was asked for 'mae'"):
+        stage1_feature_file(clean, tmp_path / "x.parquet", root=root, manifest=manifest, settings=settings,
+                            **{**common, "model_key": "mae"})
+
+
+def test_stage1_tasks_add_dvt1_files_and_their_jobs():
+    from vitlocal.studies.dvt.wiring import stage1_feature_jobs
+
+    config = {"subsets": {"cityscapes": {"main_train_set": "set4"}},
+              "datasets": {"cityscapes": {}, "ade20k": {}},
+              "degradations": {"blur_kernels": [], "noise_sigmas": [], "frequency_bands": []},
+              "dvt": {"models": ["dino"], "stage1_tasks": ["ade20k"]}, "study_models": []}
+    layout = Layout(config, "r")
+    ade = EXPERIMENTS["dvt_ade20k"].inputs(layout, "dino")
+    assert ade["dvt1"] == {"train": "r/features/ade20k/train/dino/dvt1.parquet",
+                           "val": "r/features/ade20k/val/dino/dvt1.parquet"}
+    assert "dvt1" not in EXPERIMENTS["dvt_cityscapes"].inputs(layout, "dino")
+    paths = [ade["raw"]["train"], ade["dvt"]["train"], ade["dvt1"]["train"], ade["dvt1"]["val"], ade["dvt1"]["val"]]
+    assert stage1_feature_jobs(paths, layout.manifest) == [
+        {"raw": "r/features/ade20k/train/dino/clean.parquet", "out": "r/features/ade20k/train/dino/dvt1.parquet",
+         "dataset": "ade20k", "manifest": "r/subsets/ade20k/train.csv"},
+        {"raw": "r/features/ade20k/val/dino/clean.parquet", "out": "r/features/ade20k/val/dino/dvt1.parquet",
+         "dataset": "ade20k", "manifest": "r/subsets/ade20k/val.csv"}]
+
+
+def test_table_dvt_shows_dvt1_where_computed():
+    rows = _rows("dino", "knn", 0.40, 0.45) + [{**_rows("dino", "knn", 0, 0)[0], "level": "dvt1", "value": 0.48}]
+    rows += [{**r, "experiment": "dvt_ade20k"} for r in _rows("dino", "knn", 0.2, 0.1)]
+    data = table_dvt_data(pd.DataFrame(rows)).set_index("task")
+    city = data.loc["Cityscapes k-NN mIoU"]
+    assert (city["dvt1"], city["dvt1_diff"], city["diff"]) == pytest.approx((0.48, 0.08, 0.05))
+    assert np.isnan(data.loc["ADE20K k-NN mIoU", "dvt1"])

@@ -48,9 +48,12 @@ class Layout:
         return f"{self.results}/features/{dataset}/{subset}/{model}/{variant}.parquet"
 
     @staticmethod
-    def denoised(variant: str = "clean") -> str:
-        """The DVT-denoised counterpart of a feature variant: ``dvt`` (of ``clean``), ``dvt-blur-8``, ..."""
-        return "dvt" if variant == "clean" else f"dvt-{variant}"
+    def denoised(variant: str = "clean", method: str = "dvt") -> str:
+        """The DVT-denoised counterpart of a feature variant: ``dvt`` (of ``clean``), ``dvt-blur-8``, ...
+
+        ``method="dvt1"``: stage 1's F per tile instead of the stage-2 denoiser (``dvt1``, ``dvt1-...``).
+        """
+        return method if variant == "clean" else f"{method}-{variant}"
 
     def experiment_file(self, experiment: str, model: str) -> str:
         return f"{self.results}/experiments/{experiment}/{model}.csv"

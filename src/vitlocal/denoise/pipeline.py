@@ -60,11 +60,7 @@ def run_stage1(
     """
     spec = resolve(model_key, model_overrides)
     torch_device = resolve_device(device)
-    extractor = build_extractor(spec, weights_dir, torch_device)
-    depth = spec.depth
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return extractor.forward_layers(x, [depth])[0][depth]
+    encode = _last_layer_encoder(spec, weights_dir, torch_device)
 
     keys, raws, cleans, artifacts, thumbs, timings = [], [], [], [], [], []
     for source_index, src in enumerate(sources):
@@ -100,7 +96,7 @@ def run_stage1(
     timing = pd.DataFrame(timings)
     attrs = {
         "model": spec.key, "arch": spec.arch, "weights": spec.weights_label, "preset": preset, "seed": seed,
-        "layer": depth, "grid": list(grid), "device": str(torch_device), "settings": _plain(settings),
+        "layer": spec.depth, "grid": list(grid), "device": str(torch_device), "settings": _plain(settings),
         "sources": [{k: str(v) for k, v in s.items()} for s in sources], "n_tiles": len(keys),
         "seconds_per_tile": float((timing["seconds_views"] + timing["seconds_fit"]).mean()),
         "vitlocal_version": __version__,
@@ -121,6 +117,13 @@ def run_stage1(
              attrs["seconds_per_tile"], timing["seconds_views"].mean(), timing["seconds_fit"].mean(),
              torch_device, out_path)
     return timing
+
+
+def _last_layer_encoder(spec: Any, weights_dir: PathLike, device: torch.device):
+    """``x -> last block's patch tokens`` (final norm applied): what DVT denoises."""
+    extractor = build_extractor(spec, weights_dir, device)
+    depth = spec.depth
+    return lambda x: extractor.forward_layers(x, [depth])[0][depth]
 
 
 def _plain(settings: Any) -> dict[str, Any]:
@@ -181,10 +184,68 @@ def denoise_feature_file(
     if len(meta) % per_tile or (position != np.tile(np.arange(per_tile), len(meta) // per_tile)).any():
         raise ConfigError(f"{in_path}: patches are not stored tile by tile in row-major order ({gh}x{gw} grid)")
     out = denoise(model, x.reshape(-1, gh, gw, x.shape[1]), device=resolve_device(device)).reshape(x.shape)
-    new_attrs = {**attrs, "variant": variant, "layers": [layer], "denoiser": dict(checkpoint or {}),
+    with FeatureWriter(out_path, _denoised_attrs(attrs, variant, layer, dict(checkpoint or {})), dtype=dtype) as writer:
+        writer.write(meta, {layer: out})
+    return len(meta)
+
+
+def _denoised_attrs(attrs: Mapping[str, Any], variant: str, layer: int, denoiser: Mapping[str, Any]) -> dict:
+    """A raw file's provenance for its denoised counterpart (the writer fills in sizes and dates)."""
+    new_attrs = {**attrs, "variant": variant, "layers": [layer], "denoiser": dict(denoiser),
                  "raw_variant": attrs["variant"]}
     for key in ("dtype", "dims", "n_patches", "n_tiles", "has_cls", "created", "format_version"):
         new_attrs.pop(key, None)
-    with FeatureWriter(out_path, new_attrs, dtype=dtype) as writer:
-        writer.write(meta, {layer: out})
-    return len(meta)
+    return new_attrs
+
+
+def stage1_feature_file(
+    in_path: PathLike, out_path: PathLike, *, model_key: str, model_overrides: Mapping[str, Any] | None,
+    weights_dir: PathLike, root: PathLike, manifest: PathLike, settings: Stage1Settings, seed: int = 0,
+    device: str = "auto", dtype: str = "float16", variant: str = "dvt1",
+) -> dict[str, float]:
+    """The ``dvt1`` variant: stage 1's ``F`` of every tile of a ``clean`` feature file, in its patch order.
+
+    No denoiser: each tile is decomposed on its own (``views`` crops, ``steps``
+    of fitting), so the cost is stage 1's per tile times the file's tiles: for
+    small sets. The tiles are rebuilt from ``root`` and ``manifest`` exactly as
+    the file was extracted (its full view is the file's clean tile). Returns
+    patches written, tiles and seconds per tile.
+    """
+    attrs = read_attrs(in_path)
+    if attrs["variant"] != "clean":
+        raise ConfigError(f"{in_path}: dvt1 is computed from clean feature files, this one is {attrs['variant']!r}")
+    spec = resolve(model_key, model_overrides)
+    if attrs["model"] != spec.key:
+        raise ConfigError(f"{in_path} holds {attrs['model']!r} features; dvt1 was asked for {spec.key!r}")
+    layer = max(int(v) for v in attrs["layers"])
+    meta, _ = read_features(in_path, [])
+    dataset = attrs["dataset"]
+    torch_device = resolve_device(device)
+    encode = _last_layer_encoder(spec, weights_dir, torch_device)
+    source = make_source(dataset, root, load_manifest(manifest), spec, "clean", tiling=base_tiling(dataset),
+                         seed=int(attrs.get("seed", seed)))
+    by_sample = {sample: rows for sample, rows in meta.groupby("sample_id", sort=False).indices.items()}
+    denoiser = {"method": "stage1", "settings": _plain(settings), "seed": seed}
+    seconds, n_tiles = 0.0, 0
+    with FeatureWriter(out_path, _denoised_attrs(attrs, variant, layer, denoiser), dtype=dtype) as writer:
+        for index in range(len(source)):
+            item = source[index]
+            rows = by_sample.pop(item.sample_id, None)
+            if rows is None:
+                continue
+            part = meta.iloc[rows]
+            maps = []
+            for tile_id in part["tile_id"].drop_duplicates():
+                result = denoise_image(item.tiles[int(tile_id)], encode, mean=spec.mean, std=spec.std,
+                                       input_size=spec.input_size, grid=source.grid, settings=settings,
+                                       seed=seed * 1_000_003 + n_tiles, device=torch_device)
+                tile_rows = part[part["tile_id"] == tile_id]
+                maps.append(result.denoised[tile_rows["patch_row"].to_numpy(), tile_rows["patch_col"].to_numpy()])
+                seconds += result.seconds_views + result.seconds_fit
+                n_tiles += 1
+            writer.write(part.reset_index(drop=True), {layer: np.concatenate(maps)})
+        if by_sample:
+            raise ConfigError(f"{in_path}: {len(by_sample)} samples (e.g. {next(iter(by_sample))!r}) are not in "
+                              f"{manifest}; dvt1 needs the manifest the file was extracted from")
+    log.info("%s: stage 1 on %d tiles, %.2f s per tile -> %s", in_path, n_tiles, seconds / max(n_tiles, 1), out_path)
+    return {"patches": float(len(meta)), "tiles": float(n_tiles), "seconds_per_tile": seconds / max(n_tiles, 1)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
@@ -95,6 +96,23 @@ class Output:
         if self.available is not None:
             return self.available(layout)
         return bool(self.jobs(layout))
+
+
+def figure_writer(package: str, name: str) -> Callable[[pd.DataFrame, Mapping[str, str], Mapping[str, Any]], Any]:
+    """``write(rows, out, config)`` calling ``<package>.figures.<name>`` with the output's files.
+
+    A table gets ``(rows, csv, tex)``, a figure ``(rows, pdf, png, csv)``. The
+    figures module is imported on first use: the registry stays light (no
+    matplotlib) for the Snakefile.
+    """
+
+    def write(rows, out, config):
+        writer = getattr(importlib.import_module(f"{package}.figures"), name)
+        if "tex" in out:
+            return writer(rows, out["csv"], out["tex"])
+        return writer(rows, out["pdf"], out["png"], out["csv"])
+
+    return write
 
 
 def rows_of(

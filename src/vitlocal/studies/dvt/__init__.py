@@ -5,15 +5,17 @@ experiment per task it mirrors, each running that study's own computation on
 the raw and the denoised (``Layout.denoised``) feature files of one model:
 ``dvt_cityscapes`` (k-NN and linear, last layer), ``dvt_ade20k`` (Table 2),
 ``dvt_robustness`` (Fig 3), ``dvt_retrieval`` (Fig 6) and ``dvt_tracking``
-(Fig 8). ``table_dvt`` sums them up (raw, DVT, difference; the DVT paper's
+(Fig 8); tasks named in ``dvt.stage1_tasks`` also read ``dvt1`` files (stage 1's
+F per tile, no denoiser). ``table_dvt`` sums them up (raw, DVT, difference; the DVT paper's
 numbers beside as context) and ``fig_dvt`` (PCA-to-RGB of raw, G and denoised
 maps) has a rule of its own. Rules: ``rules/dvt.smk``.
 """
 
 from __future__ import annotations
 
-from ..base import Experiment, Output, Study, rows_of
+from ..base import Experiment, Output, Study, figure_writer, rows_of
 from .compute import EXPERIMENTS as TASK_EXPERIMENTS
+from .compute import LEVELS
 
 
 def dvt_models(config):
@@ -21,11 +23,20 @@ def dvt_models(config):
     return list(config.get("dvt", {}).get("models", []))
 
 
-def _both(files):
-    """``{raw: files(layout, model, name of a raw variant), dvt: files(..., name of its denoised variant)}``."""
+def stage1_tasks(config):
+    """The tasks that also read ``dvt1`` files (stage 1's F per tile: ``dvt.stage1_tasks``)."""
+    return list(config.get("dvt", {}).get("stage1_tasks", []))
+
+
+def _levels_of(task, files):
+    """``{raw: files(layout, model, name of a raw variant), dvt: ... of its denoised variant}``, and ``dvt1``
+    (stage 1 per tile) where ``task`` is one of ``dvt.stage1_tasks``."""
 
     def inputs(layout, model):
-        return {"raw": files(layout, model, lambda v: v), "dvt": files(layout, model, layout.denoised)}
+        levels = {"raw": files(layout, model, lambda v: v), "dvt": files(layout, model, layout.denoised)}
+        if task in stage1_tasks(layout.config):
+            levels["dvt1"] = files(layout, model, lambda v: layout.denoised(v, "dvt1"))
+        return levels
 
     return inputs
 
@@ -64,7 +75,7 @@ def _tracking_files(layout, model, variant):
 
 
 def _levels(job):
-    return {level: job.inputs[level] for level in ("raw", "dvt")}
+    return {level: job.inputs[level] for level in LEVELS if level in job.inputs}
 
 
 def _cityscapes(job):
@@ -121,7 +132,7 @@ _TASKS = {
                  ["bdd100k"]),
 }
 
-EXPERIMENTS = {TASK_EXPERIMENTS[task]: Experiment(run, _with_manifest(_both(files), role, dataset, split))
+EXPERIMENTS = {TASK_EXPERIMENTS[task]: Experiment(run, _with_manifest(_levels_of(task, files), role, dataset, split))
                for task, (run, files, role, dataset, split, _) in _TASKS.items()}
 
 
@@ -131,17 +142,11 @@ def _table_jobs(layout):
             for job in rows_of(TASK_EXPERIMENTS[task], dvt_models, needs=needs)(layout)]
 
 
-def _write_table(rows, out, config):
-    from .figures import table_dvt
-
-    return table_dvt(rows, out["csv"], out["tex"])
-
-
 STUDY = Study(
     name="dvt",
     experiments=EXPERIMENTS,
     outputs={
-        "table_dvt": Output("table", _write_table, _table_jobs,
+        "table_dvt": Output("table", figure_writer(__name__, "table_dvt"), _table_jobs,
                             title="Raw vs DVT-denoised features on every study's task"),
         "fig_dvt": Output("figure", available=lambda layout: bool(dvt_models(layout.config)) and
                           layout.has("cityscapes"),

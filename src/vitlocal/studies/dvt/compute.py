@@ -1,11 +1,12 @@
 """Raw vs DVT-denoised features, each study's own computation run on both.
 
 Every function takes ``files[level]`` for level ``raw`` (the ``clean`` or
-degraded / transformed feature files) and ``dvt`` (the stage-2 denoiser's
-output on the same patches: ``Layout.denoised``), calls the computation of
-the study it mirrors on each, and returns its tidy rows with experiment
-``dvt_<task>`` and level ``raw`` / ``dvt`` (or ``raw:<level>`` /
-``dvt:<level>`` where the study's rows have levels of their own). The layer
+degraded / transformed feature files), ``dvt`` (the stage-2 denoiser's
+output on the same patches: ``Layout.denoised``) and, where configured,
+``dvt1`` (stage 1's F of each tile), calls the computation of the study it
+mirrors on each, and returns its tidy rows with experiment ``dvt_<task>`` and
+the level (or ``raw:<level>``, ``dvt:<level>`` where the study's rows have
+levels of their own). The layer
 is the last block (the one DVT denoises); both levels are computed in one job
 with the same settings, so a difference is DVT's alone.
 """
@@ -33,7 +34,8 @@ from vitlocal.experiments.segmentation import (
 from vitlocal.features.store import read_attrs
 
 log = logging.getLogger(__name__)
-LEVELS = ("raw", "dvt")
+#: raw features, the stage-2 denoiser's output, stage 1's F per tile (only where configured).
+LEVELS = ("raw", "dvt", "dvt1")
 #: The experiments of this study, by the task they mirror.
 EXPERIMENTS = {"cityscapes": "dvt_cityscapes", "ade20k": "dvt_ade20k", "robustness": "dvt_robustness",
                "retrieval": "dvt_retrieval", "tracking": "dvt_tracking"}
@@ -58,7 +60,7 @@ def raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target: EvalTarge
     """Cityscapes k-NN and linear probe (Figs 1-2 protocol, last layer): ``files[level] = {train, val}``."""
     layer = denoised_layer(files["dvt"]["val"])
     frames = []
-    for level in LEVELS:
+    for level in files:
         val = load_split(files[level]["val"], layer)
         train = labelled(load_split(files[level]["train"], layer))
         common = dict(experiment=EXPERIMENTS["cityscapes"], dataset=target.dataset, model=model, layer=val.layer,
@@ -83,7 +85,7 @@ def ade20k_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target: Ev
 
     layer = denoised_layer(files["dvt"]["val"])
     frames = [_relabel(ade20k_rows(model, files[level]["train"], files[level]["val"], target=target, probes=probes,
-                                   layer=layer), EXPERIMENTS["ade20k"], level) for level in LEVELS]
+                                   layer=layer), EXPERIMENTS["ade20k"], level) for level in files]
     return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
 
 
@@ -98,7 +100,7 @@ def robustness_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target
     layer = denoised_layer(files["dvt"]["train"])
     frames = [_relabel(degradation_rows(model, files[level]["train"], dict(files[level]["val_variants"]),
                                         target=target, probes=probes, layer=layer),
-                       EXPERIMENTS["robustness"], level, keep_level=True) for level in LEVELS]
+                       EXPERIMENTS["robustness"], level, keep_level=True) for level in files]
     return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
 
 
@@ -112,7 +114,7 @@ def retrieval_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], manifest: 
     from ..retrieval.compute import retrieval_rows
 
     frames = []
-    for level in LEVELS:
+    for level in files:
         rows = retrieval_rows(model, files[level]["gallery"], dict(files[level]["queries"]), manifest, **search)
         rows = rows[(rows["experiment"] == EXPERIMENT) & (rows["model"] == model)]
         frames.append(_relabel(rows, EXPERIMENTS["retrieval"], level, keep_level=True))
@@ -124,6 +126,6 @@ def tracking_raw_vs_dvt_rows(model: str, files: Mapping[str, str], manifest, **t
     from ..tracking.compute import tracking_rows
 
     frames = [tracking_rows(model, files[level], manifest, experiment=EXPERIMENTS["tracking"],
-                            variant="clean" if level == "raw" else "dvt", level_prefix=f"{level}:", **tracking)
-              for level in LEVELS]
+                            variant="clean" if level == "raw" else level, level_prefix=f"{level}:", **tracking)
+              for level in files]
     return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]

@@ -73,9 +73,9 @@ def _task_rows(rows: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("table_dvt: no rows of dvt_cityscapes, dvt_ade20k, dvt_robustness, dvt_retrieval or "
                          f"dvt_tracking (experiments present: {', '.join(sorted(set(rows['experiment'])))})")
     tasks = pd.concat(frames, ignore_index=True)
-    bad = sorted(set(tasks["side"]) - {"raw", "dvt"})
+    bad = sorted(set(tasks["side"]) - {"raw", "dvt", "dvt1"})
     if bad:
-        raise ValueError(f"table_dvt: levels must be raw / dvt (or raw:<level> / dvt:<level>), found {bad}")
+        raise ValueError(f"table_dvt: levels must be raw / dvt / dvt1 (or raw:<level>, ...), found {bad}")
     return tasks.groupby(["model", "task", "probe", "side"], sort=False).agg(
         value=("value", "mean"), layer=("layer", "first")).reset_index()
 
@@ -95,6 +95,9 @@ def table_dvt_data(df: pd.DataFrame) -> pd.DataFrame:
     if missing or wide[["raw", "dvt"]].isna().any().any():
         raise ValueError("table_dvt: every task needs both raw and dvt rows")
     wide["diff"] = wide["dvt"] - wide["raw"]
+    # Stage 1's F per tile, where dvt.stage1_tasks asked for it (empty elsewhere).
+    wide["dvt1"] = wide["dvt1"] if "dvt1" in wide.columns else np.nan
+    wide["dvt1_diff"] = wide["dvt1"] - wide["raw"]
     for key, name in (("voc", "paper_voc_linear"), ("ade", "paper_ade20k_linear")):
         wide[f"{name}_raw"] = wide["model"].map(lambda m, k=key: DVT_PAPER.get(m, {}).get(k, (np.nan,))[0])
         wide[f"{name}_diff"] = wide["model"].map(
@@ -104,7 +107,7 @@ def table_dvt_data(df: pd.DataFrame) -> pd.DataFrame:
     wide = wide.assign(_m=wide["model"].map(order), _t=wide["task"].map(task_order)).sort_values(
         ["_m", "_t", "probe"]).drop(columns=["_m", "_t"])
     wide.insert(1, "label", wide["model"].map(model_label))
-    columns = ["model", "label", "task", "probe", "layer", "raw", "dvt", "diff",
+    columns = ["model", "label", "task", "probe", "layer", "raw", "dvt", "diff", "dvt1", "dvt1_diff",
                "paper_voc_linear_raw", "paper_voc_linear_diff", "paper_ade20k_linear_raw", "paper_ade20k_linear_diff"]
     return with_provenance(wide[columns], rows)
 
@@ -113,11 +116,16 @@ def table_dvt(df: pd.DataFrame, out_csv: str | Path, out_tex: str | Path, *, dem
     """Write the raw-vs-DVT table (CSV + LaTeX); return it."""
     data = table_dvt_data(df)
     is_demo, subject = demo_flag(data, demo)
-    caption = ("Raw vs DVT-denoised last-layer features (stage-2 denoiser) on each study's task, with the "
-               "difference (mIoU, retrieval share and tracking accuracy as fractions); DVT paper's own linear-probe numbers (VOC / ADE20K, 512 px, mmseg heads) beside as "
+    stage1 = data["dvt1"].notna().any()
+    caption = ("Raw vs DVT-denoised last-layer features (stage-2 denoiser"
+               + ("; DVT1: stage 1's per-tile F, where computed" if stage1 else "")
+               + ") on each study's task, with the difference (mIoU, retrieval share and tracking accuracy as "
+               "fractions); DVT paper's own linear-probe numbers (VOC / ADE20K, 512 px, mmseg heads) beside as "
                f"context, not targets ({provenance_subtitle(data.assign(probe='knn'))}).")
+    stage1_columns = {"dvt1": "DVT1", "dvt1_diff": "DVT1 - raw"} if stage1 else {}
     write_table(data, out_csv, out_tex, caption, "tab:table_dvt",
                 columns={"label": "Model", "task": "task", "raw": "raw", "dvt": "DVT", "diff": "DVT - raw",
+                         **stage1_columns,
                          "paper_voc_linear_raw": "paper VOC", "paper_voc_linear_diff": "paper VOC gain",
                          "paper_ade20k_linear_raw": "paper ADE", "paper_ade20k_linear_diff": "paper ADE gain"},
                 demo=is_demo, demo_subject=subject)

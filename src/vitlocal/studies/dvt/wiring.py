@@ -39,18 +39,32 @@ def stage1_inputs(sources: Sequence[Mapping[str, Any]], data_input: Callable[[st
     return inputs
 
 
-def denoised_pairs(paths: Sequence[str]) -> list[tuple[str, str]]:
-    """``(raw file, denoised file)`` for each denoised feature file among ``paths`` (each once, in order).
+def denoised_pairs(paths: Sequence[str], method: str = "dvt") -> list[tuple[str, str]]:
+    """``(raw file, denoised file)`` for each ``method`` file among ``paths`` (each once, in order).
 
     ``features/.../dvt.parquet`` comes from ``clean.parquet`` beside it,
-    ``dvt-<variant>.parquet`` from ``<variant>.parquet`` (``Layout.denoised``).
+    ``dvt-<variant>.parquet`` from ``<variant>.parquet`` (``Layout.denoised``);
+    likewise ``dvt1`` files for ``method="dvt1"``.
     """
     pairs = {}
     for path in paths:
         folder, _, name = str(path).rpartition("/")
         variant = name.removesuffix(".parquet")
         if "features" in folder.split("/") and name.endswith(".parquet") and (
-                variant == "dvt" or variant.startswith("dvt-")):
-            raw = "clean" if variant == "dvt" else variant.removeprefix("dvt-")
+                variant == method or variant.startswith(f"{method}-")):
+            raw = "clean" if variant == method else variant.removeprefix(f"{method}-")
             pairs[path] = f"{folder}/{raw}.parquet"
     return [(raw, out) for out, raw in pairs.items()]
+
+
+def stage1_feature_jobs(paths: Sequence[str], manifest_of: Callable[[str, str], str]) -> list[dict[str, str]]:
+    """The ``dvt1`` files among ``paths``: ``{raw, out, dataset, manifest}`` each.
+
+    A feature file lives at ``.../features/<dataset>/<subset>/<model>/<variant>.parquet``;
+    its tiles are rebuilt from the subset's manifest (``manifest_of(dataset, subset)``).
+    """
+    jobs = []
+    for raw, out in denoised_pairs(paths, "dvt1"):
+        dataset, subset = raw.split("/")[-4:-2]
+        jobs.append({"raw": raw, "out": out, "dataset": dataset, "manifest": manifest_of(dataset, subset)})
+    return jobs

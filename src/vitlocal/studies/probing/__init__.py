@@ -7,7 +7,7 @@ Fig 10 (``freqnoise_figure``), Fig 13 (``qualitative``) and Table 1. Rules:
 
 from __future__ import annotations
 
-from ..base import Experiment, Output, Study, rows_of
+from ..base import Experiment, Output, Study, figure_writer, rows_of
 
 
 def _cityscapes(layout, model, **roles):
@@ -65,20 +65,6 @@ def _ade20k(job):
                        probes=job.probes)
 
 
-def _writer(name):
-    """The writer ``figures.<name>`` as ``write(rows, out, config)``."""
-
-    def write(rows, out, config):
-        from . import figures
-
-        writer = getattr(figures, name)
-        if "tex" in out:
-            return writer(rows, out["csv"], out["tex"])
-        return writer(rows, out["pdf"], out["png"], out["csv"])
-
-    return write
-
-
 def _write_fig3(rows, out, config):
     from .figures import fig3
 
@@ -99,13 +85,13 @@ STUDY = Study(
         "ade20k": Experiment(_ade20k, _ade20k_inputs),
     },
     outputs={
-        "fig1": Output("figure", _writer("fig1"), rows_of("train_size", needs=["cityscapes"]),
+        "fig1": Output("figure", figure_writer(__name__, "fig1"), rows_of("train_size", needs=["cityscapes"]),
                        title="k-NN vs linear mIoU by train-set size (Fig 1)"),
-        "fig2": Output("figure", _writer("fig2"), rows_of("layerwise", needs=["cityscapes"]),
+        "fig2": Output("figure", figure_writer(__name__, "fig2"), rows_of("layerwise", needs=["cityscapes"]),
                        title="k-NN mIoU per layer, all / easy / hard classes (Fig 2)"),
         "fig3": Output("figure", _write_fig3, rows_of("degradation", needs=["cityscapes"]),
                        title="Robustness to blur, Gaussian noise and frequency noise (Fig 3)"),
-        "table2": Output("table", _writer("table2"), rows_of("ade20k", needs=["ade20k"]),
+        "table2": Output("table", figure_writer(__name__, "table2"), rows_of("ade20k", needs=["ade20k"]),
                          title="ADE20K k-NN and linear mIoU (Table 2)"),
         "fig10": Output("figure", available=lambda layout: layout.has("cityscapes"),
                         title="Frequency noise, band by band (Fig 10)"),

@@ -13,7 +13,7 @@ import functools
 import json
 from typing import Any, Mapping
 
-from ..base import Experiment, Output, Study
+from ..base import Experiment, Output, Study, figure_writer
 
 #: The scene-classification datasets of Fig 5, in the paper's order.
 SCENE_DATASETS = ("ucmerced", "resisc45")
@@ -113,17 +113,6 @@ def _table4_jobs(layout):
     return [("reconstruction", m) for m in reconstruction_models(layout.config)] if layout.has("cityscapes") else []
 
 
-def _writer(name):
-    def write(rows, out, config):
-        from . import figures
-
-        if name == "table4":
-            return figures.table4(rows, out["csv"], out["tex"])
-        return figures.fig5(rows, out["pdf"], out["png"], out["csv"])
-
-    return write
-
-
 STUDY = Study(
     name="scene",
     experiments={
@@ -131,10 +120,10 @@ STUDY = Study(
         "reconstruction": Experiment(_reconstruction, _reconstruction_inputs),
     },
     outputs={
-        "fig5": Output("figure", _writer("fig5"), _fig5_jobs,
+        "fig5": Output("figure", figure_writer(__name__, "fig5"), _fig5_jobs,
                        title="k-NN scene classification vs GSD, [CLS] vs mean patch, with / without the top-m "
                              "variance dims (Fig 5)"),
-        "table4": Output("table", _writer("table4"), _table4_jobs,
+        "table4": Output("table", figure_writer(__name__, "table4"), _table4_jobs,
                          title="MAE reconstruction with the top-m variance dims zeroed (Table 4)"),
         "fig_recon": Output("figure", available=lambda layout: bool(_table4_jobs(layout)),
                             title="MAE reconstructions: input / intact / top-m dims zeroed"),

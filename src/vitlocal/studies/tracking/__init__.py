@@ -9,7 +9,7 @@ each frame's grid and pools the boxes, ``matching`` scores the gaps,
 
 from __future__ import annotations
 
-from ..base import Experiment, Output, Study, config_models, rows_of
+from ..base import Experiment, Output, Study, config_models, figure_writer, rows_of
 
 TRACKING_MODELS = config_models("tracking_models")
 
@@ -71,18 +71,6 @@ def _table5_jobs(layout):
         "cityscapes_full_vs_tile", cityscapes_models, needs=["cityscapes"])(layout)
 
 
-def _writer(name):
-    def write(rows, out, config):
-        from . import figures
-
-        writer = getattr(figures, name)
-        if "tex" in out:
-            return writer(rows, out["csv"], out["tex"])
-        return writer(rows, out["pdf"], out["png"], out["csv"])
-
-    return write
-
-
 STUDY = Study(
     name="tracking",
     experiments={
@@ -93,13 +81,13 @@ STUDY = Study(
         "cityscapes_full_vs_tile": Experiment(_cityscapes_full_vs_tile, _cityscapes_inputs),
     },
     outputs={
-        "fig8": Output("figure", _writer("fig8"), rows_of("tracking", TRACKING_MODELS, needs=["bdd100k"]),
+        "fig8": Output("figure", figure_writer(__name__, "fig8"), rows_of("tracking", TRACKING_MODELS, needs=["bdd100k"]),
                        title="Tracking on BDD100K: nearest object at t + Δ (Fig 8)"),
-        "fig9": Output("figure", _writer("fig9"), rows_of("tracking_mot17", TRACKING_MODELS, needs=["mot17"]),
+        "fig9": Output("figure", figure_writer(__name__, "fig9"), rows_of("tracking_mot17", TRACKING_MODELS, needs=["mot17"]),
                        title="Tracking on MOT17: nearest object at t + Δ (Fig 9)"),
-        "fig12": Output("figure", _writer("fig12"), _table5_jobs,
+        "fig12": Output("figure", figure_writer(__name__, "fig12"), _table5_jobs,
                         title="Tiled vs whole frames: tracking and Cityscapes mIoU (Fig 12)"),
-        "table5": Output("table", _writer("table5"), _table5_jobs,
+        "table5": Output("table", figure_writer(__name__, "table5"), _table5_jobs,
                          title="Tiled vs whole frames: Cityscapes mIoU and tracking accuracy (Table 5)"),
     },
 )

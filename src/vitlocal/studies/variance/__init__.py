@@ -6,7 +6,7 @@ numbers, ``figures`` the writers). Rules: ``rules/variance.smk``.
 
 from __future__ import annotations
 
-from ..base import Experiment, Output, Study, rows_of
+from ..base import Experiment, Output, Study, figure_writer, rows_of
 
 
 def _main_train(layout, model):
@@ -71,17 +71,14 @@ def _mae_only(config):
 
 
 def _writer(name):
-    """The writer ``figures.<name>`` as ``write(rows, out, config)``."""
+    """``figures.<name>``; the overlap output writes a table and a figure at once."""
+    if name != "top_dims_overlap":
+        return figure_writer(__name__, name)
 
     def write(rows, out, config):
-        from . import figures
+        from .figures import top_dims_overlap
 
-        writer = getattr(figures, name)
-        if name == "top_dims_overlap":
-            return writer(rows, out["csv"], out["tex"], out["pdf"], out["png"])
-        if "tex" in out:
-            return writer(rows, out["csv"], out["tex"])
-        return writer(rows, out["pdf"], out["png"], out["csv"])
+        return top_dims_overlap(rows, out["csv"], out["tex"], out["pdf"], out["png"])
 
     return write
 
