@@ -13,6 +13,9 @@ maps) has a rule of its own. Rules: ``rules/dvt.smk``.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 from ..base import Experiment, Output, Study, figure_writer, rows_of
 from .compute import EXPERIMENTS as TASK_EXPERIMENTS
 from .compute import LEVELS
@@ -118,28 +121,38 @@ def _main_train(layout):
     return layout.main_train_set
 
 
-#: task -> (run, files of one level, manifest role, dataset, its split, datasets it needs)
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    """One task DVT is scored on: its computation, the feature files of one level, its manifest."""
+
+    run: Callable
+    files: Callable  #: (layout, model, variant name of a level) -> the files of that level
+    manifest_role: str
+    dataset: str
+    split: Callable  #: layout -> the split the manifest describes
+
+
 _TASKS = {
-    "cityscapes": (_cityscapes, _split_files("cityscapes", _main_train), "val_manifest", "cityscapes",
-                   lambda layout: "val", ["cityscapes"]),
-    "ade20k": (_ade20k, _split_files("ade20k", lambda layout: "train"), "val_manifest", "ade20k",
-               lambda layout: "val", ["ade20k"]),
-    "robustness": (_robustness, _robustness_files, "val_manifest", "cityscapes", lambda layout: "val",
-                   ["cityscapes"]),
-    "retrieval": (_retrieval, _retrieval_files, "manifest", "fair1m", lambda layout: layout.split("fair1m"),
-                  ["fair1m"]),
-    "tracking": (_tracking, _tracking_files, "manifest", "bdd100k", lambda layout: layout.split("bdd100k"),
-                 ["bdd100k"]),
+    "cityscapes": _Task(_cityscapes, _split_files("cityscapes", _main_train), "val_manifest", "cityscapes",
+                        lambda layout: "val"),
+    "ade20k": _Task(_ade20k, _split_files("ade20k", lambda layout: "train"), "val_manifest", "ade20k",
+                    lambda layout: "val"),
+    "robustness": _Task(_robustness, _robustness_files, "val_manifest", "cityscapes", lambda layout: "val"),
+    "retrieval": _Task(_retrieval, _retrieval_files, "manifest", "fair1m", lambda layout: layout.split("fair1m")),
+    "tracking": _Task(_tracking, _tracking_files, "manifest", "bdd100k", lambda layout: layout.split("bdd100k")),
 }
 
-EXPERIMENTS = {TASK_EXPERIMENTS[task]: Experiment(run, _with_manifest(_levels_of(task, files), role, dataset, split))
-               for task, (run, files, role, dataset, split, _) in _TASKS.items()}
+EXPERIMENTS = {
+    TASK_EXPERIMENTS[name]: Experiment(task.run, _with_manifest(_levels_of(name, task.files), task.manifest_role,
+                                                                task.dataset, task.split))
+    for name, task in _TASKS.items()
+}
 
 
 def _table_jobs(layout):
     """Every task whose dataset is configured, for every DVT model."""
-    return [job for task, (*_, needs) in _TASKS.items()
-            for job in rows_of(TASK_EXPERIMENTS[task], dvt_models, needs=needs)(layout)]
+    return [job for name, task in _TASKS.items()
+            for job in rows_of(TASK_EXPERIMENTS[name], dvt_models, needs=[task.dataset])(layout)]
 
 
 STUDY = Study(
