@@ -157,5 +157,5 @@ def test_gallery_inf_is_named_and_huge_finite_rows_are_not_rejected() -> None:
         nearest_neighbors(bad, query_x, block_size=4, device="cpu")
     # Row sums overflow float32 here, yet every value is finite: accepted.
     huge = np.full((4, 24), 3e38, dtype=np.float32)
-    idx, _ = nearest_neighbors(huge, -huge[:1] * 0 + 1e-30, device="cpu")
+    idx, _ = nearest_neighbors(huge, np.full((1, 24), 1e-30, dtype=np.float32), device="cpu")
     assert idx.shape == (1, 1)

@@ -233,19 +233,23 @@ def stage1_feature_file(
             rows = by_sample.pop(item.sample_id, None)
             if rows is None:
                 continue
-            part = meta.iloc[rows]
-            maps = []
-            for tile_id in part["tile_id"].drop_duplicates():
+            part = meta.iloc[rows].reset_index(drop=True)
+            tile_of, row_of, col_of = (part[k].to_numpy() for k in ("tile_id", "patch_row", "patch_col"))
+            out = None
+            for tile_id in dict.fromkeys(tile_of):
                 result = denoise_image(item.tiles[int(tile_id)], encode, mean=spec.mean, std=spec.std,
                                        input_size=spec.input_size, grid=source.grid, settings=settings,
                                        seed=seed * 1_000_003 + n_tiles, device=torch_device)
-                tile_rows = part[part["tile_id"] == tile_id]
-                maps.append(result.denoised[tile_rows["patch_row"].to_numpy(), tile_rows["patch_col"].to_numpy()])
+                if out is None:
+                    out = np.empty((len(part), result.denoised.shape[-1]), dtype=np.float32)
+                at = tile_of == tile_id  # each row gets its own patch, whatever the file's row order
+                out[at] = result.denoised[row_of[at], col_of[at]]
                 seconds += result.seconds_views + result.seconds_fit
                 n_tiles += 1
-            writer.write(part.reset_index(drop=True), {layer: np.concatenate(maps)})
+            writer.write(part, {layer: out})
         if by_sample:
             raise ConfigError(f"{in_path}: {len(by_sample)} samples (e.g. {next(iter(by_sample))!r}) are not in "
                               f"{manifest}; dvt1 needs the manifest the file was extracted from")
-    log.info("%s: stage 1 on %d tiles, %.2f s per tile -> %s", in_path, n_tiles, seconds / max(n_tiles, 1), out_path)
-    return {"patches": float(len(meta)), "tiles": float(n_tiles), "seconds_per_tile": seconds / max(n_tiles, 1)}
+    per_tile = seconds / max(n_tiles, 1)
+    log.info("%s: stage 1 on %d tiles, %.2f s per tile -> %s", in_path, n_tiles, per_tile, out_path)
+    return {"patches": float(len(meta)), "tiles": float(n_tiles), "seconds_per_tile": per_tile}
