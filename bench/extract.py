@@ -26,7 +26,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -186,8 +185,10 @@ def read_vs_npload(path: Path, tmp: Path, repeats: int = 15) -> tuple[float, flo
 
 
 def _rss_child(queue, setup: Setup, paths: list[Path], out: Path, row_group_mb: float) -> None:
+    from fullsize import status_mib  # VmHWM: ru_maxrss would carry the parent's peak across the spawn
+
     end_to_end(setup, paths, out, row_group_mb)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+    queue.put(status_mib("VmHWM"))
 
 
 def peak_rss_mb(setup: Setup, paths: list[Path], out: Path, row_group_mb: float) -> float:
@@ -198,7 +199,7 @@ def peak_rss_mb(setup: Setup, paths: list[Path], out: Path, row_group_mb: float)
     child.start()
     peak = queue.get()
     child.join()
-    return peak / 1024
+    return peak
 
 
 # ---- storage layouts -------------------------------------------------------
@@ -318,7 +319,7 @@ def main() -> None:
     print(f"| read_features (all layers, {n_bytes / 1e6:.0f} MB) | {n_bytes / t_read / 1e9:.2f} GB/s |")
     print(f"| np.load of the same arrays | {n_bytes / t_npy / 1e9:.2f} GB/s |")
     print(f"| read / np.load | {t_npy / t_read:.2f} (target >= 0.8) |")
-    print(f"| peak RSS, {rss_n} / {2 * rss_n} images (8 MB row groups) | {rss[0]:.0f} / {rss[1]:.0f} MB |")
+    print(f"| peak RSS (VmHWM), {rss_n} / {2 * rss_n} images (8 MB row groups) | {rss[0]:.0f} / {rss[1]:.0f} MiB |")
     print(f"\n### Storage layouts: one float16 layer ({layout_rows} x 768), 128 MB row groups, best of 5\n")
     print("Read with Arrow's decoder (`read_features` reads the chosen layout's pages directly: see above).\n")
     print("| layout | write s | size MB | read s | read vs np.load |\n|---|---|---|---|---|")

@@ -637,7 +637,7 @@ def _child(queue, stage: str, args: dict[str, Any]) -> None:
 
     def sample() -> None:
         while not done.wait(0.02):
-            samples.append(_status_mib("VmRSS"))
+            samples.append(status_mib("VmRSS"))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -645,10 +645,10 @@ def _child(queue, stage: str, args: dict[str, Any]) -> None:
     done.set()
     sampler.join()
     half = len(samples) // 2
-    queue.put({"peak": _status_mib("VmHWM"), "halves": [max(samples[:half] or [0]), max(samples[half:] or [0])]})
+    queue.put({"peak": status_mib("VmHWM"), "halves": [max(samples[:half] or [0]), max(samples[half:] or [0])]})
 
 
-def _status_mib(key: str) -> float:
+def status_mib(key: str) -> float:
     """A /proc/self/status figure. Peak RSS is VmHWM, not ru_maxrss: Linux carries ru_maxrss across the exec
     of a spawned child (it would report this parent's peak); VmHWM belongs to the new address space."""
     with open("/proc/self/status") as fh:
@@ -744,7 +744,7 @@ def memory_table(root: Path, tmp: Path, gallery_rows: int, n_images: int, querie
                     "streams (128 MB row groups): must not grow with the images", streams=True),
         _memory_row("dvt_denoise", "DVT denoising of a feature file (last layer)",
                     f"{denoise_rows[0]:,} / {denoise_rows[1]:,} rows", denoise_rows, denoise,
-                    "holds the file's last layer and its output (float32) by design"),
+                    "streams row group by row group: must not grow with the rows", streams=True),
         _memory_row("knn", f"1-NN, {queries} queries", f"{half:,} / {gallery_rows:,} gallery rows",
                     [half, gallery_rows], knn, "holds the gallery (float16) by design; search blocks bounded"),
         _memory_row("linear", "linear probe, 1 epoch", f"{half:,} / {gallery_rows:,} rows", [half, gallery_rows],

@@ -89,6 +89,7 @@ for _model in DVT_MODELS:
         threads: config["extraction"]["threads"]
         resources:
             gpu=1,
+            mem_mb=8000,  # streamed row group by row group: torch + one group, whatever the file's size
         log:
             f"{LOGS}/dvt/features/{_model}.log",
         benchmark:
@@ -125,6 +126,7 @@ for _model in DVT_MODELS:
         threads: config["extraction"]["threads"]
         resources:
             gpu=1,
+            mem_mb=16000,  # as dvt_stage1: one tile's views and fit at a time
         log:
             f"{LOGS}/dvt/features1/{_model}.log",
         benchmark:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ ATTRS = {"model": "dino", "arch": "vit", "weights": "random(seed=2)", "variant":
          "layers": [6, 12], "data_source": "synthetic"}
 
 
-def _write_clean(path, n_tiles=3, dim=64, shuffle=False):
+def _write_clean(path, n_tiles=3, dim=64, shuffle=False, rows_per_group=None):
     rng = np.random.default_rng(0)
     rows = [(t, r, c) for t in range(n_tiles) for r in range(2) for c in range(3)]
     meta = pd.DataFrame(rows, columns=["tile_id", "patch_row", "patch_col"])
@@ -30,7 +31,8 @@ def _write_clean(path, n_tiles=3, dim=64, shuffle=False):
     if shuffle:
         meta = meta.iloc[::-1].reset_index(drop=True)
     x = rng.normal(size=(len(meta), dim)).astype(np.float32)
-    with FeatureWriter(path, ATTRS, dtype="float32") as writer:
+    group_mb = {} if rows_per_group is None else {"row_group_mb": rows_per_group * 2 * dim * 4 / 2**20}
+    with FeatureWriter(path, ATTRS, dtype="float32", **group_mb) as writer:
         writer.write(meta, {6: x * 0, 12: x})
     return x
 
@@ -51,6 +53,33 @@ def test_dvt_variant_applies_the_denoiser_tile_by_tile(tmp_path):
     attrs = read_attrs(tmp_path / "dvt.parquet")
     assert attrs["variant"] == "dvt" and attrs["raw_variant"] == "clean" and attrs["denoiser"]["sha256"] == "ab" * 32
     assert attrs["weights"] == ATTRS["weights"] and attrs["data_source"] == "synthetic"
+
+
+def test_dvt_variant_streams_row_groups_and_joins_tiles_cut_between_them(tmp_path):
+    x = _write_clean(tmp_path / "clean.parquet", n_tiles=5, rows_per_group=7)  # 6 patches a tile: every group cuts one
+    assert pq.ParquetFile(tmp_path / "clean.parquet").metadata.num_row_groups == 5
+    torch.manual_seed(0)
+    model = Denoiser(64, (2, 3)).eval()
+    n = denoise_feature_file(tmp_path / "clean.parquet", model, tmp_path / "dvt.parquet", device="cpu", dtype="float32")
+    assert n == 30
+    meta, layers = read_features(tmp_path / "dvt.parquet")
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).reshape(5, 2, 3, 64)).reshape(30, 64).numpy()
+    np.testing.assert_allclose(layers[12], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(meta[["tile_id", "patch_row", "patch_col"]].to_numpy(),
+                                  [(t, r, c) for t in range(5) for r in range(2) for c in range(3)])
+
+
+def test_dvt_variant_refuses_an_unfinished_tile_and_leaves_no_file(tmp_path):
+    rows = [(t, r, c) for t in range(2) for r in range(2) for c in range(3)][:-1]
+    meta = pd.DataFrame(rows, columns=["tile_id", "patch_row", "patch_col"])
+    meta.insert(0, "sample_id", "img0")
+    meta["label"], meta["image_h"], meta["image_w"] = 0, 96, 144
+    with FeatureWriter(tmp_path / "clean.parquet", ATTRS, dtype="float32") as writer:
+        writer.write(meta, {12: np.zeros((11, 64), np.float32)})
+    with pytest.raises(ConfigError, match="5 patches after the last whole tile"):
+        denoise_feature_file(tmp_path / "clean.parquet", Denoiser(64, (2, 3)), tmp_path / "dvt.parquet", device="cpu")
+    assert not list(tmp_path.glob("dvt.parquet*"))
 
 
 def test_dvt_variant_refuses_patches_out_of_grid_order(tmp_path):

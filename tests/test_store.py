@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vitlocal.errors import ConfigError, CorruptFileError
+from vitlocal.features import store
 from vitlocal.features.store import (
     FeatureWriter,
     cls_path,
@@ -246,3 +247,28 @@ def test_later_batches_are_cast_to_the_first_schema(tmp_path):
             writer.write(*first)
             writer.write(third[0].drop(columns="track_id"), *third[1:])
     assert leftovers(tmp_path) == ["f.cls.parquet", "f.parquet"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_all_finite_agrees_with_numpy_on_every_special_value(dtype):
+    info = np.finfo(dtype)
+    finite = np.array([0.0, -0.0, 1.0, -2.5, info.max, -info.max, info.tiny, info.smallest_subnormal], dtype=dtype)
+    assert store.all_finite(finite) and store.all_finite(finite[:0])
+    for bad in (np.inf, -np.inf, np.nan, -np.nan):
+        values = np.repeat(finite, 3)
+        values[7] = bad
+        assert not store.all_finite(values) and not np.isfinite(values).all()
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**16 if dtype == "float16" else 2**32, 200_000, dtype=np.uint64)
+    random = bits.astype(np.uint16 if dtype == "float16" else np.uint32).view(dtype)
+    for chunk in np.array_split(random, 400):  # every bit pattern class, finite and not
+        assert store.all_finite(chunk) == bool(np.isfinite(chunk).all())
+
+
+def test_writer_refuses_values_that_overflow_the_stored_dtype(tmp_path):
+    meta = pd.DataFrame({"sample_id": "s", "tile_id": [0, 0], "patch_row": [0, 0], "patch_col": [0, 1],
+                         "label": [1, 2], "image_h": 16, "image_w": 32})
+    with pytest.raises(ConfigError, match="layer 3 has non-finite values after casting to float16"):
+        with FeatureWriter(tmp_path / "f.parquet", ATTRS, dtype="float16") as writer:
+            writer.write(meta, {3: np.array([[1.0, 2.0], [7e4, 0.0]], np.float32)})  # 7e4 > float16's 65504
+    assert not list(tmp_path.glob("f.parquet*"))

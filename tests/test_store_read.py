@@ -115,3 +115,16 @@ def test_corrupt_page_header_is_a_corrupt_file(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptFileError, match="f.parquet"):
         read_features(path)
+
+
+def test_iter_features_yields_each_row_group_as_read_features_would(tmp_path):
+    path = tmp_path / "f.parquet"
+    expected = write_batches(path, "float16")
+    n_groups = pq.ParquetFile(path).metadata.num_row_groups
+    parts = list(store.iter_features(path, [12], columns=["sample_id", "tile_id"]))
+    assert len(parts) == n_groups > 2
+    assert all(list(layers) == [12] and list(meta.columns) == ["sample_id", "tile_id"] for meta, layers in parts)
+    np.testing.assert_array_equal(np.concatenate([layers[12] for _, layers in parts]), expected[12])
+    whole, _ = read_features(path, [])
+    pd.testing.assert_frame_equal(pd.concat([meta for meta, _ in parts], ignore_index=True),
+                                  whole[["sample_id", "tile_id"]])

@@ -25,7 +25,8 @@ from .. import __version__
 from ..errors import ConfigError
 from ..features.pipeline import load_manifest, resolve_device
 from ..features.sources import base_tiling, make_source
-from ..features.store import FeatureWriter, read_attrs, read_features
+from ..features.store import FeatureWriter, iter_features, read_attrs, read_features
+from ..heap import fix_mmap_threshold
 from ..models.extractor import build_extractor
 from ..models.registry import resolve
 from .stage1 import Stage1Settings, denoise_image
@@ -172,21 +173,42 @@ def denoise_feature_file(
     """The ``dvt`` variant: ``model`` applied tile by tile to the last stored layer of ``in_path``.
 
     Same patches, labels and metadata; only the last layer is stored (the
-    layer DVT denoises). Returns the number of patches written.
+    layer DVT denoises). Streams the file row group by row group (peak memory
+    ~ one group, whatever the file's size). Returns the number of patches written.
     """
     attrs = read_attrs(in_path)
     layer = max(int(v) for v in attrs["layers"])
-    meta, layers = read_features(in_path, [layer])
-    x = layers[layer].astype(np.float32)
     gh, gw = (int(v) for v in attrs["grid"])
     per_tile = gh * gw
-    position = meta["patch_row"].to_numpy() * gw + meta["patch_col"].to_numpy()
-    if len(meta) % per_tile or (position != np.tile(np.arange(per_tile), len(meta) // per_tile)).any():
-        raise ConfigError(f"{in_path}: patches are not stored tile by tile in row-major order ({gh}x{gw} grid)")
-    out = denoise(model, x.reshape(-1, gh, gw, x.shape[1]), device=resolve_device(device)).reshape(x.shape)
+    torch_device = resolve_device(device)
+    fix_mmap_threshold()  # flat peak memory over a long file (vitlocal.heap)
+    meta_left, x_left = None, None  # a tile cut by a row-group boundary waits for its other part
+    n_written = 0
     with FeatureWriter(out_path, _denoised_attrs(attrs, variant, layer, dict(checkpoint or {})), dtype=dtype) as writer:
-        writer.write(meta, {layer: out})
-    return len(meta)
+        for meta, layers in iter_features(in_path, [layer]):
+            x = layers[layer]
+            if meta_left is not None:
+                meta, x = pd.concat([meta_left, meta], ignore_index=True), np.concatenate([x_left, x])
+            whole = len(meta) - len(meta) % per_tile
+            meta_left, x_left = meta.iloc[whole:].reset_index(drop=True), x[whole:]
+            if whole:
+                meta = meta.iloc[:whole]
+                _check_tile_order(meta, gw, per_tile, in_path, n_written)
+                out = denoise(model, x[:whole].reshape(-1, gh, gw, x.shape[1]), device=torch_device)
+                writer.write(meta.reset_index(drop=True), {layer: out.reshape(whole, -1)})
+                n_written += whole
+        if meta_left is not None and len(meta_left):
+            raise ConfigError(f"{in_path}: {len(meta_left)} patches after the last whole tile of the {gh}x{gw} grid")
+    return n_written
+
+
+def _check_tile_order(meta: pd.DataFrame, gw: int, per_tile: int, path: PathLike, offset: int) -> None:
+    """Stage 2 sees whole tiles: every ``per_tile`` rows must be one tile's patches in row-major order."""
+    position = meta["patch_row"].to_numpy().astype(np.int64) * gw + meta["patch_col"].to_numpy()
+    wrong = np.flatnonzero(position != np.tile(np.arange(per_tile), len(meta) // per_tile))
+    if len(wrong):
+        raise ConfigError(f"{path}: patches are not stored tile by tile in row-major order "
+                          f"(first out of place: row {offset + int(wrong[0])}; grid {per_tile // gw}x{gw})")
 
 
 def _denoised_attrs(attrs: Mapping[str, Any], variant: str, layer: int, denoiser: Mapping[str, Any]) -> dict:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from vitlocal.errors import ConfigError
 from vitlocal.features.store import FeatureWriter
+from vitlocal.heap import fix_mmap_threshold
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,7 @@ def extract(
     picklable (module-level classes and functions). The writer is left open:
     the caller's ``with`` block commits it.
     """
+    fix_mmap_threshold()  # flat peak memory over a long file (vitlocal.heap)
     device = torch.device(device)
     amp = default_autocast(device) if autocast == "auto" else autocast
     forward = BackoffForward(model, layers, device, amp, batch_size, getattr(torch, writer.dtype.name))

@@ -28,7 +28,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -206,11 +206,27 @@ def _check_embeddings(
     return got
 
 
+#: Per stored dtype: its bits as an unsigned integer, and the exponent mask (all ones: inf or NaN).
+_EXPONENT_BITS = {np.dtype("float16"): (np.uint16, 0x7C00), np.dtype("float32"): (np.uint32, 0x7F800000)}
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """No inf or NaN in a contiguous float16/float32 array, tested on its exponent bits.
+
+    ~14x ``np.isfinite`` on float16 (which numpy converts element by element):
+    0.6 ms against 8.7 ms per layer of a 32-tile batch on this machine.
+    """
+    unsigned, mask = _EXPONENT_BITS[values.dtype]
+    exponents = np.bitwise_and(values.view(unsigned), unsigned(mask))
+    return bool(exponents.max(initial=0) < mask)
+
+
 def _with_embeddings(table: pa.Table, embeddings: Mapping[int, np.ndarray], dtype: np.dtype, path: Path) -> pa.Table:
     for layer in sorted(embeddings):
         values = np.asarray(embeddings[layer])
-        cast = np.ascontiguousarray(values, dtype=dtype)
-        if not np.isfinite(cast).all():
+        with np.errstate(over="ignore"):  # an overflow is reported below, by layer
+            cast = np.ascontiguousarray(values, dtype=dtype)
+        if not all_finite(cast):
             raise ConfigError(f"{path}: layer {layer} has non-finite values after casting to {dtype.name}")
         table = table.append_column(_embedding_field(layer, cast.shape[1], dtype), _embedding_array(cast, dtype))
     return table
@@ -525,57 +541,94 @@ def _read_plain_chunk(fd: int, chunk: pq.ColumnChunkMetaData, out: memoryview, w
         raise _NotPlain(f"{filled} value bytes for a {len(out)}-byte slice")
 
 
+class _ColumnReader:
+    """The chosen layers and metadata columns of one feature file, read row group by row group.
+
+    Each (row group, layer) chunk's values are read straight from the file into
+    the caller's array (:func:`_read_plain_chunk`, ~0.9x ``np.load``); a chunk
+    written otherwise is decoded by Arrow and copied (~0.3x).
+    """
+
+    def __init__(self, path: str | os.PathLike, layers: Iterable[int] | None, columns: Sequence[str] | None) -> None:
+        self.path = path = Path(path)
+        self.pf = pf = _open(path)
+        schema = pf.schema_arrow  # rebuilt on every access
+        self.schema = schema
+        self.layers = _select_layers(pf, layers, path)
+        meta_names = [n for n in schema.names if not n.startswith(LAYER_PREFIX)]
+        if columns is not None:
+            unknown = [c for c in columns if c not in meta_names]
+            if unknown:
+                raise ConfigError(f"{path}: no metadata column(s) {unknown}; the file has {meta_names}")
+            meta_names = list(columns)
+        self.meta_names = meta_names
+        self.md = md = pf.metadata
+        self.shapes = {}
+        for layer in self.layers:
+            field = schema.field(layer_column(layer)).metadata
+            self.shapes[layer] = (int(field[b"vitlocal.dim"]), np.dtype(field[b"vitlocal.dtype"].decode()))
+        self.bounds = np.cumsum([0] + [md.row_group(g).num_rows for g in range(md.num_row_groups)])
+        self._position = {pf.schema.column(i).path: i for i in range(md.num_columns)}
+
+    def empty(self, n_rows: int) -> dict[int, np.ndarray]:
+        return {layer: np.empty((n_rows, dim), dtype) for layer, (dim, dtype) in self.shapes.items()}
+
+    def read_group_into(self, fd: int, group: int, out: Mapping[int, np.ndarray]) -> None:
+        """Row group ``group`` of every chosen layer into ``out[layer]`` (that group's rows)."""
+        for layer, rows in out.items():
+            name = layer_column(layer)
+            try:
+                if self.pf.schema.column(self._position[name]).max_definition_level:
+                    raise _NotPlain(f"{name} is nullable: its pages carry definition levels")
+                chunk = self.md.row_group(group).column(self._position[name])
+                _read_plain_chunk(fd, chunk, memoryview(rows).cast("B"), rows.shape[1] * rows.itemsize)
+            except _NotPlain:
+                column = self.pf.read_row_group(group, columns=[name], use_threads=False).column(0)
+                rows[:] = blob_rows(column.combine_chunks(), rows.dtype, rows.shape[1])
+
+    def meta(self, groups: Sequence[int]) -> pd.DataFrame:
+        if not len(groups):
+            return self.schema.empty_table().select(self.meta_names).to_pandas()
+        return self.pf.read_row_groups(groups, columns=self.meta_names, use_threads=False).to_pandas()
+
+    def corrupt(self, err: Exception) -> CorruptFileError:
+        return CorruptFileError(f"cannot read feature file {self.path}: {err}")
+
+
 def _read_columns(
     path: str | os.PathLike, layers: Iterable[int] | None, columns: Sequence[str] | None
 ) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
     """Metadata columns as a DataFrame and each layer as one contiguous (n, C) array.
 
-    Each (row group, layer) chunk's values are read straight from the file into
-    the preallocated result (:func:`_read_plain_chunk`, ~0.9x ``np.load``); a
-    chunk written otherwise is decoded by Arrow and copied (~0.3x). Peak memory
-    is the result plus at most one column chunk.
+    Peak memory is the result plus at most one column chunk.
     """
-    path = Path(path)
-    pf = _open(path)
-    chosen = _select_layers(pf, layers, path)
-    schema = pf.schema_arrow  # rebuilt on every access
-    meta_names = [n for n in schema.names if not n.startswith(LAYER_PREFIX)]
-    if columns is not None:
-        unknown = [c for c in columns if c not in meta_names]
-        if unknown:
-            raise ConfigError(f"{path}: no metadata column(s) {unknown}; the file has {meta_names}")
-        meta_names = list(columns)
-    md = pf.metadata
-    out = {}
-    for layer in chosen:
-        field = schema.field(layer_column(layer)).metadata
-        out[layer] = np.empty((md.num_rows, int(field[b"vitlocal.dim"])), field[b"vitlocal.dtype"].decode())
-    bounds = np.cumsum([0] + [md.row_group(g).num_rows for g in range(md.num_row_groups)])
-    position = {pf.schema.column(i).path: i for i in range(md.num_columns)}
-
-    def read_chunk(fd: int, group: int, layer: int, rows: np.ndarray) -> None:
-        name = layer_column(layer)
-        try:
-            if pf.schema.column(position[name]).max_definition_level:
-                raise _NotPlain(f"{name} is nullable: its pages carry definition levels")
-            chunk = md.row_group(group).column(position[name])
-            _read_plain_chunk(fd, chunk, memoryview(rows).cast("B"), rows.shape[1] * rows.itemsize)
-        except _NotPlain:
-            column = pf.read_row_group(group, columns=[name], use_threads=False).column(0)
-            rows[:] = blob_rows(column.combine_chunks(), rows.dtype, rows.shape[1])
-
+    reader = _ColumnReader(path, layers, columns)
+    out, bounds = reader.empty(reader.md.num_rows), reader.bounds
+    groups = range(reader.md.num_row_groups)
     try:
-        with open(path, "rb", buffering=0) as fh:
-            for group in range(md.num_row_groups):
-                for layer, array in out.items():
-                    read_chunk(fh.fileno(), group, layer, array[bounds[group] : bounds[group + 1]])
-        groups = range(md.num_row_groups)
-        table = pf.read_row_groups(groups, columns=meta_names, use_threads=False) if groups else None
+        with open(reader.path, "rb", buffering=0) as fh:
+            for group in groups:
+                reader.read_group_into(fh.fileno(), group,
+                                       {k: v[bounds[group] : bounds[group + 1]] for k, v in out.items()})
+        meta = reader.meta(groups)
     except (pa.ArrowException, OSError) as err:
-        raise CorruptFileError(f"cannot read feature file {path}: {err}") from err
-    if table is None:
-        table = schema.empty_table().select(meta_names)
-    return table.to_pandas(), out
+        raise reader.corrupt(err) from err
+    return meta, out
+
+
+def iter_features(
+    path: str | os.PathLike, layers: Iterable[int] | None = None, columns: Sequence[str] | None = None
+) -> Iterator[tuple[pd.DataFrame, dict[int, np.ndarray]]]:
+    """:func:`read_features` one row group at a time (~128 MB of all layers): for passes over files too large to hold."""
+    reader = _ColumnReader(path, layers, columns)
+    try:
+        with open(reader.path, "rb", buffering=0) as fh:
+            for group in range(reader.md.num_row_groups):
+                out = reader.empty(reader.md.row_group(group).num_rows)
+                reader.read_group_into(fh.fileno(), group, out)
+                yield reader.meta([group]), out
+    except (pa.ArrowException, OSError) as err:
+        raise reader.corrupt(err) from err
 
 
 def read_features(
