@@ -7,7 +7,8 @@ Measures on this machine, in one run, with synthetic PNGs (no dataset needed):
 2. end-to-end throughput (decode PNG -> tile -> preprocess -> forward ->
    write Parquet) for the same model and tile count, and the ratio of the two
    (target >= 0.9 on CPU), whole run and steady state (without the DataLoader
-   worker's start-up and the first batch's decode, a fixed cost per file);
+   worker's start-up and the first batch's decode, a fixed cost per file),
+   and end to end with no loader worker (decoding in the main process);
 3. feature-file read throughput vs ``np.load`` of the same arrays (target >= 0.8);
 4. peak RSS of an end-to-end run on N and 2N images (memory must not grow);
 5. the storage-layout comparison that chose the file format
@@ -29,7 +30,7 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -291,12 +292,14 @@ def main() -> None:
         paths = write_pngs(tmp / "png", 2 * max(n_images, 4))
         n_tiles = n_images * tiles_per_image
         end_to_end(setup, paths[:1], tmp / "features.parquet")  # one-off per-process costs
-        t_model, t_e2e, t_first = [], [], []
+        in_process = replace(setup, num_workers=0)
+        t_model, t_e2e, t_first, t_e2e_in_process = [], [], [], []
         for _ in range(args.repeats):
             t_model.append(model_only(setup, n_tiles))
             total, first = end_to_end(setup, paths[:n_images], tmp / "features.parquet")
             t_e2e.append(total)
             t_first.append(first)
+            t_e2e_in_process.append(end_to_end(in_process, paths[:n_images], tmp / "features.parquet")[0])
         t_read, t_npy, n_bytes = read_vs_npload(tmp / "features.parquet", tmp)
         rss_n = max(4, n_images // 2)
         rss = [peak_rss_mb(setup, paths[:k], tmp / f"rss{k}.parquet", 8) for k in (rss_n, 2 * rss_n)]
@@ -305,6 +308,7 @@ def main() -> None:
     median = statistics.median
     ratios = [m / e for m, e in zip(t_model, t_e2e)]
     steady = [m / (e - f) for m, e, f in zip(t_model, t_e2e, t_first)]
+    in_process_ratios = [m / e for m, e in zip(t_model, t_e2e_in_process)]
     print(f"## Extraction benchmark\n\n{machine()}, load average {os.getloadavg()[0]:.1f}\n")
     print(f"model {setup.spec.key} ({setup.spec.arch}, width {setup.spec.embed_dim}, {setup.spec.weights_label}), "
           f"device {setup.device}, batch {setup.batch_size}, {setup.num_workers} loader workers, "
@@ -315,6 +319,8 @@ def main() -> None:
     print(f"| end-to-end (PNG -> Parquet) | {n_tiles / median(t_e2e):.2f} tiles/s ({n_images / median(t_e2e):.2f} images/s) |")
     print(f"| end-to-end / model-only | {median(ratios):.2f} (runs {', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.9) |")
     print(f"| start-up: DataLoader worker + first decode | {median(t_first):.1f} s per file |")
+    print(f"| end-to-end, no loader worker (decode in the main process) / model-only | {median(in_process_ratios):.2f} "
+          f"(runs {', '.join(f'{r:.2f}' for r in in_process_ratios)}) |")
     print(f"| steady state (without start-up) / model-only | {median(steady):.2f} (runs {', '.join(f'{r:.2f}' for r in steady)}) |")
     print(f"| read_features (all layers, {n_bytes / 1e6:.0f} MB) | {n_bytes / t_read / 1e9:.2f} GB/s |")
     print(f"| np.load of the same arrays | {n_bytes / t_npy / 1e9:.2f} GB/s |")

@@ -739,7 +739,7 @@ def memory_table(root: Path, tmp: Path, gallery_rows: int, n_images: int, querie
     linear = [peak_rss("linear", rows=r) for r in (half, gallery_rows)]
     tile_rows = base_tiling("cityscapes").n_tiles * 196
     return [
-        _memory_row("extraction", "extraction (PNG -> Parquet, 12 layers, batch 32, 1 loader worker)",
+        _memory_row("extraction", "extraction (PNG -> Parquet, 12 layers, batch 32, 1 loader worker asked, none on 2 cores)",
                     f"{sizes[0]} / {sizes[1]} full-size images", [k * tile_rows for k in sizes], extraction,
                     "streams (128 MB row groups): must not grow with the images", streams=True),
         _memory_row("dvt_denoise", "DVT denoising of a feature file (last layer)",
@@ -850,7 +850,7 @@ def _memory_section(data: Mapping[str, Any]) -> list[str]:
     return [*lines, "", ("Last column: the most rows one job of the study holds in that stage (the largest "
                          "gallery, training set, denoised file), on the line through the two measured points. "
                          "Peak RSS is VmHWM of a fresh spawned process (torch and the package imported: "
-                         "~1 GB of it); the extraction's loader worker is not in it, and the config's batch 64 "
+                         "~1 GB of it); a loader worker's own process would not be in it, and the config's batch 64 "
                          "holds twice batch 32's tokens."), ""]
 
 

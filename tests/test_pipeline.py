@@ -9,10 +9,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from vitlocal.datasets import cityscapes, fair1m, ucmerced
 from vitlocal.errors import ConfigError
+from vitlocal.features import pipeline
 from vitlocal.features.pipeline import extract_features
 from vitlocal.features.sources import make_source
 from vitlocal.features.store import read_attrs, read_features
@@ -219,3 +221,16 @@ def test_several_variants_share_one_model_build(data, city, tmp_path, monkeypatc
     assert len(builds) == 1
     (_, clean), (_, blurred) = read_features(outs[0]), read_features(outs[1])
     assert read_attrs(outs[1])["variant"] == "blur-4" and not np.array_equal(clean[4], blurred[4])
+
+
+@pytest.mark.parametrize("cores, threads, requested, expected", [
+    (2, 2, 4, 0),    # this machine: the forward takes both cores
+    (16, 4, 4, 4),   # a workstation: the workers get their own cores
+    (8, 6, 4, 2),
+    (8, 1, 0, 0),
+])
+def test_loader_workers_on_the_cpu_only_take_free_cores(monkeypatch, cores, threads, requested, expected):
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda _: set(range(cores)), raising=False)
+    monkeypatch.setattr(pipeline.torch, "get_num_threads", lambda: threads)
+    assert pipeline.loader_workers(requested, torch.device("cpu")) == expected
+    assert pipeline.loader_workers(requested, torch.device("cuda")) == requested  # the GPU leaves the CPU free

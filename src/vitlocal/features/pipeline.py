@@ -47,6 +47,23 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def loader_workers(requested: int, device: torch.device) -> int:
+    """DataLoader workers for one extraction: all asked for on a GPU; on the CPU, only onto cores the forward leaves free.
+
+    On the CPU the forward already runs on torch's threads; a worker on one of
+    those cores only competes with it, and costs its spawn (~2.5 s per file
+    here, bench/RESULTS.md) while decoding a Cityscapes image takes ~0.05 s.
+    """
+    if device.type != "cpu" or requested <= 0:
+        return max(0, requested)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(0, min(requested, cores - torch.get_num_threads()))
+    if workers < requested:
+        log.info("CPU run: %d of %d loader workers (%d cores, %d torch threads for the forward)",
+                 workers, requested, cores, torch.get_num_threads())
+    return workers
+
+
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The CUDA autocast dtype named ``name``; none on CPU (the config says: ignored there)."""
     if name not in AUTOCAST:
@@ -182,7 +199,8 @@ def extract_feature_files(
     ``subset`` names the manifest in the provenance record (default: the
     manifest file's stem). ``bands``/``freq_sigma`` are the frequency-noise
     settings, ``frame_size`` the tracking frame ``(H, W)``. ``device="auto"``:
-    CUDA if available, else CPU; ``autocast`` applies on CUDA only. Each file
+    CUDA if available, else CPU; ``autocast`` applies on CUDA only;
+    ``num_workers`` is capped on the CPU (:func:`loader_workers`). Each file
     appears only if its whole run succeeds.
     """
     if data_source not in DATA_SOURCES:
@@ -199,6 +217,7 @@ def extract_feature_files(
     layers = check_layers(layers, spec)
     torch_device = resolve_device(device)
     amp = autocast_dtype(autocast, torch_device)
+    workers = loader_workers(num_workers, torch_device)
     table = load_manifest(manifest)
     settings = DegradeSettings(tuple(tuple(band) for band in bands), freq_sigma)
     extractors: dict[bool, Any] = {}  # by dynamic_img_size: "full" needs interpolated position embeddings
@@ -241,7 +260,7 @@ def extract_feature_files(
                 writer=writer,
                 batch_size=batch_size,
                 device=torch_device,
-                num_workers=num_workers,
+                num_workers=workers,
                 autocast=amp,
                 images_per_load=max(1, batch_size // source.tiling.n_tiles),
                 progress=progress,
