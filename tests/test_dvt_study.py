@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from vitlocal.denoise import pipeline as dvt_pipeline
 from vitlocal.denoise.pipeline import denoise_feature_file, select_tiles
 from vitlocal.denoise.stage2 import Denoiser
 from vitlocal.errors import ConfigError
@@ -55,7 +56,9 @@ def test_dvt_variant_applies_the_denoiser_tile_by_tile(tmp_path):
     assert attrs["weights"] == ATTRS["weights"] and attrs["data_source"] == "synthetic"
 
 
-def test_dvt_variant_streams_row_groups_and_joins_tiles_cut_between_them(tmp_path):
+@pytest.mark.parametrize("tiles_per_call", [64, 2])
+def test_dvt_variant_streams_row_groups_and_joins_tiles_cut_between_them(tmp_path, monkeypatch, tiles_per_call):
+    monkeypatch.setattr(dvt_pipeline, "DENOISE_TILES", tiles_per_call)  # 2: groups also split into calls
     x = _write_clean(tmp_path / "clean.parquet", n_tiles=5, rows_per_group=7)  # 6 patches a tile: every group cuts one
     assert pq.ParquetFile(tmp_path / "clean.parquet").metadata.num_row_groups == 5
     torch.manual_seed(0)
