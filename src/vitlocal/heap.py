@@ -14,7 +14,6 @@ memory comes from, never what is computed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import logging
 
@@ -29,11 +28,9 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 @functools.cache
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Fix glibc's mmap threshold for this process (once); False where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):  # musl, macOS, Windows: no glibc mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: the C library's, on Linux
+    except (OSError, AttributeError, TypeError):  # macOS, Windows: no mallopt (musl's returns 0)
         return False
     done = bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
     log.debug("malloc mmap threshold fixed at %d bytes: %s", threshold, done)
