@@ -219,9 +219,9 @@ class Work:
     def _extraction(self, path: str, units: dict[str, float]) -> None:
         if path.endswith(".npz"):  # scene GSD features: every image at every scale, one tile each
             dataset, _, model = path.split("/features/", 1)[1].split("/")[:3]
-            n = SCENE_IMAGES[dataset] * len(self.config["scene"]["scales"])
-            units["extract_tiles"] += n * self.tile_equivalents(model, 1, (self.spec(model).input_size
-                                                                           // self.spec(model).patch_size) ** 2)
+            for size in self.config["scene"]["eval_sizes"]:  # every image fed at each size, one tile each
+                units["extract_tiles"] += SCENE_IMAGES[dataset] * self.tile_equivalents(
+                    model, 1, (size // self.spec(model).patch_size) ** 2)
             units["decode_mp"] += SCENE_IMAGES[dataset] * _mp(IMAGE_HW[dataset])
             return
         shape = self.shape(path)
@@ -340,8 +340,8 @@ def _scene_knn(work, inputs, model, units):
     for dataset in inputs["features"]:
         n = SCENE_IMAGES[dataset]
         dims = work.spec(model).embed_dim
-        # [CLS] and mean patch token, each with and without the top dims, at every scale.
-        work.knn(units, round(share * n), round((1 - share) * n), dims, 4 * len(work.config["scene"]["scales"]))
+        # [CLS] and mean patch token, each with and without the top dims, at every input size.
+        work.knn(units, round(share * n), round((1 - share) * n), dims, 4 * len(work.config["scene"]["eval_sizes"]))
 
 
 def _reconstruction(work, inputs, model, units):

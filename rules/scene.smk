@@ -1,9 +1,11 @@
 # Scale-MAE across ground sample distances (Fig 5) and MAE reconstruction
 # (Table 4, fig_recon) (src/vitlocal/studies/scene/).
 
-from vitlocal.studies.scene import reconstruction_models, scene_datasets, scene_feature_file
+from vitlocal.studies.scene import check_scene_config, reconstruction_models, scene_datasets, scene_feature_file
 
 SCENE_SETS = scene_datasets(LAYOUT)
+if SCENE_SETS:
+    check_scene_config(config)  # eval sizes that fit every Fig 5 model's patch grid, before any job
 
 
 # One named target per figure and table drawn from experiment CSVs (`snakemake --cores 8 fig5`).
@@ -34,7 +36,7 @@ SCENE_INPUTS = {f"manifest_{d}": LAYOUT.manifest(d, "all") for d in SCENE_SETS} 
 
 if SCENE_SETS:
 
-    # Every image of both datasets at every scale, one job per model (the model is built once).
+    # Every image of both datasets at every eval size, one job per model (the model is built once).
     rule scene_features:
         input:
             unpack(lambda wildcards: {**SCENE_INPUTS, **get_weights_input(wildcards)}),
@@ -46,7 +48,7 @@ if SCENE_SETS:
             manifests={d: LAYOUT.manifest(d, "all") for d in SCENE_SETS},
             data_sources={d: config["datasets"][d]["source"] for d in SCENE_SETS},
             model_overrides=lambda wildcards: model_overrides(wildcards.model),
-            scales=config["scene"]["scales"],
+            sizes=config["scene"]["eval_sizes"],
             base_resolution=config["scene"]["scalemae_base_resolution"],
             preset=PRESET,
             weights_dir=WEIGHTS_DIR,

@@ -17,7 +17,7 @@ with rule_logging(snakemake.log[0]):  # noqa: F821 (injected by Snakemake)
     extract_scene_feature_files(
         model_key=sm.wildcards.model, model_overrides=sm.params.model_overrides, datasets=sm.params.datasets,
         roots=sm.params.roots, manifests=sm.params.manifests, data_sources=sm.params.data_sources,
-        out_paths=list(sm.output), scales=sm.params.scales, base_resolution=sm.params.base_resolution,
+        out_paths=list(sm.output), sizes=sm.params.sizes, base_resolution=sm.params.base_resolution,
         weights_dir=sm.params.weights_dir, device=sm.params.device, batch_size=sm.params.batch_size,
         preset=sm.params.preset,
     )

@@ -183,8 +183,8 @@ EXPERIMENTS: dict[str, ExperimentRule] = {
         r"tiled|full", "tiled (4x8 tiles of 256 px) or full (the whole image, interpolated position embeddings)"),
     "scene_knn": ExperimentRule(
         "Fig. 5 (k-NN scene classification vs GSD; no published numbers)", _same_level,
-        r"(cls|mean):scale=[0-9.]+",
-        "<representation>:scale=<relative resolution>, representation cls or mean (patch); model <key>-<m> "
+        r"(cls|mean):px=\d+",
+        "<representation>:px=<input size>, representation cls or mean (patch); model <key>-<m> "
         "without the top-m variance dims"),
     "reconstruction": ExperimentRule(
         "Table 4 (MAE reconstruction, top-m dims zeroed; no published numbers)", _same_level,

@@ -1,7 +1,9 @@
 """Scale-MAE across ground sample distances (Fig 5) and MAE reconstruction (Table 4, fig_recon).
 
-``gsd`` has the Fig 5 protocol (GSD resampling, [CLS] / mean-patch features,
-k-NN), ``reconstruction`` the Table 4 one, ``figures`` the writers. Settings:
+``gsd`` has the Fig 5 protocol (each image fed at its own small size, [CLS] /
+mean-patch features, the rows), ``knn`` its two k-NN classifiers
+(Scale-MAE's weighted vote, the study's 1-NN), ``reconstruction`` the Table 4
+protocol, ``figures`` the writers. Settings:
 config section ``scene``. Rules: ``rules/scene.smk`` (the GSD feature job per
 model and the fig_recon rule); the k-NN and the reconstruction are ordinary
 experiments run by ``run_experiment``.
@@ -78,8 +80,17 @@ def _scene_knn(job):
 
     s = settings(job.config)
     return scene_knn_rows(job.model, dict(job.inputs["features"]), removed_dims=s["removed_dims"],
-                          train_fraction=s["train_fraction"], k=s["knn_k"], metric=s["knn_metric"],
-                          seed=job.config["seed"], device=job.config.get("device", "auto"))
+                          train_fraction=s["train_fraction"], knn=s["knn"], k=s["knn_k"],
+                          temperature=s["knn_temperature"], seed=job.config["seed"],
+                          device=job.config.get("device", "auto"))
+
+
+def check_scene_config(config: Mapping[str, Any]) -> None:
+    """Stop before any job when ``scene.eval_sizes`` does not fit a Fig 5 model's patch grid."""
+    from .gsd import check_eval_sizes
+
+    for key in scene_models(config):
+        check_eval_sizes(settings(config)["eval_sizes"], model_spec(config, key))
 
 
 def build_reconstruction_model(config: Mapping[str, Any], key: str):

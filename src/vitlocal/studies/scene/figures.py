@@ -27,29 +27,31 @@ REP_STYLE = {"cls": ("[CLS]", "C0"), "mean": ("mean patch", "C3")}
 
 
 def fig5_data(df: pd.DataFrame) -> pd.DataFrame:
-    """k-NN accuracy per dataset, model, representation, removed dims and scale."""
+    """k-NN accuracy per dataset, model, representation, removed dims and input size, with the k-NN's settings."""
     rows = require_rows(tidy_rows(df, "fig5"), "fig5", experiment="scene_knn", metric="accuracy")
-    for column in ("representation", "scale", "removed_dims"):
+    for column in ("representation", "input_px", "gsd_ratio", "removed_dims", "k", "knn"):
         if column not in rows.columns:
-            raise ValueError(f"fig5: scene_knn rows lack column {column!r}")
+            raise ValueError(f"fig5: scene_knn rows lack column {column!r} (rows of an older version: rerun scene_knn)")
     rows = rows.assign(
-        removed_dims=rows["removed_dims"].astype(int), scale=rows["scale"].astype(float),
+        removed_dims=rows["removed_dims"].astype(int), input_px=rows["input_px"].astype(int),
+        gsd_ratio=rows["gsd_ratio"].astype(float), k=rows["k"].astype(int),
         base_model=[m if int(r) == 0 else m.removesuffix(f"-{int(r)}") for m, r in
                     zip(rows["model"], rows["removed_dims"])],
     )
-    check_unique(rows, ("dataset", "model", "representation", "scale"), "fig5")
-    data = rows[["dataset", "base_model", "model", "representation", "removed_dims", "scale", "value", "layer"]]
+    check_unique(rows, ("dataset", "model", "representation", "input_px"), "fig5")
+    data = rows[["dataset", "base_model", "model", "representation", "removed_dims", "input_px", "gsd_ratio",
+                 "value", "knn", "k", "knn_metric", "layer"]]
     order = {m: i for i, m in enumerate(model_order(data["base_model"]))}
     data = data.assign(_d=data["dataset"].map({d: i for i, d in enumerate(SCENE_DATASETS)}),
                        _m=data["base_model"].map(order))
-    data = data.sort_values(["_d", "_m", "representation", "removed_dims", "scale"], kind="stable")
+    data = data.sort_values(["_d", "_m", "representation", "removed_dims", "input_px"], kind="stable")
     return with_provenance(data.drop(columns=["_d", "_m"]), rows)
 
 
 def draw_fig5(data: pd.DataFrame, subtitle: str = "") -> Figure:
     datasets = [d for d in SCENE_DATASETS if d in set(data["dataset"])]
     models = model_order(data["base_model"].unique())
-    fig = new_figure(3.0 * len(models), 2.6 * len(datasets) + 0.8)
+    fig = new_figure(3.0 * len(models), 2.6 * len(datasets) + 1.2)
     axes = fig.subplots(len(datasets), len(models), squeeze=False, sharey=True)
     for i, dataset in enumerate(datasets):
         for j, model in enumerate(models):
@@ -58,19 +60,23 @@ def draw_fig5(data: pd.DataFrame, subtitle: str = "") -> Figure:
             for (rep, removed), line in panel.groupby(["representation", "removed_dims"], sort=True):
                 label, colour = REP_STYLE[rep]
                 name = label if removed == 0 else f"{label}, top-{removed} removed"
-                ax.plot(line["scale"], line["value"], color=colour, linestyle="-" if removed == 0 else "--",
+                ax.plot(line["input_px"], line["value"], color=colour, linestyle="-" if removed == 0 else "--",
                         marker="o" if removed == 0 else "s", label=name)
             ax.set_xscale("log", base=2)
-            scales = sorted(set(panel["scale"]))
-            ax.set_xticks(scales, [f"{s:g}" for s in scales])
+            sizes = sorted(set(panel["input_px"]))
+            ax.set_xticks(sizes, [str(s) for s in sizes])
+            ax.minorticks_off()
             ax.set_title(f"{model_label(model)} — {DATASET_LABELS.get(dataset, dataset)}")
             ax.set_ylim(0, 1)
             if j == 0:
                 ax.set_ylabel("k-NN accuracy")
-    fig.supxlabel("relative resolution s (the image downsampled by s: GSD × 1/s)")
+            if i == len(datasets) - 1:  # axis labels, not supxlabel: constrained layout then keeps the legend clear
+                ax.set_xlabel("input size (px); GSD x 224/size")
+    knn = data.iloc[0]
+    vote = f"{knn['k']}-NN, {knn['knn_metric']}" + (", vote weighted by exp(sim/T)" if knn["knn"] == "scalemae" else "")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
-    set_title(fig, "k-NN scene classification across ground sample distances", subtitle)
+    set_title(fig, f"k-NN scene classification across ground sample distances ({vote})", subtitle)
     return fig
 
 

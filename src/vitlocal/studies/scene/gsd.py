@@ -1,22 +1,27 @@
 """Fig 5: k-NN scene classification across ground sample distances (UC Merced, RESISC45).
 
-Protocol (config ``scene``):
+Protocol (config ``scene``), Scale-MAE's own k-NN evaluation (``mae/eval/knn.py``
+of its repository) repeated for every model:
 
-- every image is downsampled by a relative scale ``s`` (area averaging, as
-  Scale-MAE's own k-NN evaluation): the content then has ``1/s`` times the
-  original GSD; it is then normalised and resized bicubically to the model's
-  input exactly like every tile of the study (``tiling.preprocess_tiles``);
-- Scale-MAE (whose position embedding is GSD-aware) gets
-  ``gsd_ratio = base_resolution / s``, the ratio Scale-MAE's k-NN evaluation
-  passes for an image of that resolution; other models get the plain resize;
-- per image and scale the job stores the [CLS] token, the mean of the patch
+- every image, normalised with the model's mean / std, is area-interpolated
+  (``torch.nn.functional.interpolate(mode="area")``, as Scale-MAE) to
+  ``size x size`` pixels for each ``size`` of ``scene.eval_sizes`` and fed **at
+  that size** (a grid of ``size / patch`` patches): the content's GSD is
+  ``224 / size`` times its GSD at 224 px (``gsd_ratio``);
+- Scale-MAE (GSD-aware position embedding) gets
+  ``input_res = base_resolution * 224 / size``, so its position span stays
+  ``224 / patch`` grid units at every size; MAE and DINO get the same small
+  image, their position embedding interpolated to its grid (the extractor's
+  dynamic-image-size path);
+- per image and size the job stores the [CLS] token, the mean of the patch
   tokens and the mean of their squares (last block, final LayerNorm), so the
   k-NN step can rank dimensions by their variance over all training *patches*
   without storing every patch;
-- k-NN accuracy on a seeded stratified train/test split, for [CLS] and mean
-  patch, each with all dimensions and without the top-m variance dimensions
-  (ranked on the training images: over their [CLS] tokens for [CLS], over all
-  their patch tokens for the mean patch, as Fig 4 ranks patches).
+- k-NN accuracy (``knn.py``) on a seeded stratified train/test split, for
+  [CLS] and mean patch, each with all dimensions and without the top-m
+  variance dimensions (ranked on the training images only: over their [CLS]
+  tokens for [CLS], over all their patch tokens for the mean patch, as Fig 4
+  ranks patches).
 """
 
 from __future__ import annotations
@@ -25,49 +30,45 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
-from ...errors import ConfigError
+from ...errors import ConfigError, CorruptFileError
 from ...experiments.plotting import atomic_output
 from ...experiments.segmentation import RESULT_COLUMNS, resolve_device
 from ...io import read_rgb
-from ...layout import fmt
 from ...models.registry import ModelSpec
-from ...probes.knn import knn_predict
 from ...probes.variance import remove_dims, top_variance_dims
-from ...tiling import preprocess_tiles
+from .knn import knn_classify, knn_protocol
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 REPRESENTATIONS = ("cls", "mean")
 #: Extra columns of the ``scene_knn`` rows (beside ``RESULT_COLUMNS``).
-KNN_COLUMNS = (*RESULT_COLUMNS, "representation", "scale", "removed_dims")
-#: Nominal GSD of the datasets in metres (RESISC45 varies, 0.2-30 m: none).
-NATIVE_GSD_M = {"ucmerced": 0.3}
+KNN_COLUMNS = (*RESULT_COLUMNS, "representation", "input_px", "gsd_ratio", "removed_dims", "k", "knn")
+#: Scale-MAE's reference input size: its k-NN passes ``input_res = base * 224 / eval_scale``.
+SCALEMAE_REFERENCE_PX = 224
+#: Nominal GSD (metres) and side (px) of the datasets' images (RESISC45 varies, 0.2-30 m: none).
+NATIVE_GSD_M = {"ucmerced": (0.3, 256)}
+ARRAYS = ("cls", "mean", "sq_mean", "labels", "sample_ids", "sizes", "input_res")
 
 
-def resample_gsd(image: np.ndarray, scale: float) -> np.ndarray:
-    """``image`` (h, w, 3) uint8 downsampled by ``scale`` in (0, 1] with area averaging; 1 returns it unchanged."""
-    if not 0 < scale <= 1:
-        raise ConfigError(f"scene.scales: {scale} is not a relative scale in (0, 1]")
-    if scale == 1:
-        return image
-    h, w = image.shape[:2]
-    size = (max(1, int(np.floor(w * scale + 0.5))), max(1, int(np.floor(h * scale + 0.5))))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def model_input(image: np.ndarray, scale: float, spec: ModelSpec) -> np.ndarray:
-    """The (3, S, S) float32 input of ``spec`` for ``image`` at relative scale ``scale``."""
-    return preprocess_tiles(resample_gsd(image, scale)[None], spec.mean, spec.std, spec.input_size)[0]
+def model_input(image: np.ndarray, size: int, spec: ModelSpec) -> np.ndarray:
+    """(3, size, size) float32 input of ``spec``: ``image`` (h, w, 3) uint8 normalised, then area-interpolated."""
+    if size < 1:
+        raise ConfigError(f"scene.eval_sizes: {size} is not a positive size in px")
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+    x = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0 - mean) / std
+    return F.interpolate(x[None], (int(size), int(size)), mode="area")[0].numpy()
 
 
 def uses_gsd(model: torch.nn.Module) -> bool:
@@ -77,9 +78,23 @@ def uses_gsd(model: torch.nn.Module) -> bool:
     return isinstance(model, ScaleMaeVisionTransformer)
 
 
-def gsd_ratio(scale: float, base_resolution: float) -> float:
-    """Scale-MAE's ``input_res`` for content at relative scale ``scale``: ``base_resolution / scale``."""
-    return float(base_resolution) / float(scale)
+def gsd_ratio(size: int) -> float:
+    """GSD of a ``size``-px input relative to the same image at Scale-MAE's 224 px reference."""
+    return SCALEMAE_REFERENCE_PX / float(size)
+
+
+def scalemae_input_res(size: int, base_resolution: float) -> float:
+    """Scale-MAE's ``input_res`` for a ``size``-px input: ``base * 224 / size`` (its ``eval/knn.py``)."""
+    return float(base_resolution) * gsd_ratio(size)
+
+
+def check_eval_sizes(sizes: Sequence[int], spec: ModelSpec) -> list[int]:
+    """``scene.eval_sizes`` as ints, each a positive multiple of ``spec``'s patch size."""
+    bad = [s for s in sizes if int(s) != s or s < spec.patch_size or int(s) % spec.patch_size]
+    if bad or not sizes:
+        raise ConfigError(f"scene.eval_sizes = {list(sizes)}: model {spec.key!r} needs positive multiples of its "
+                          f"patch size {spec.patch_size} px (bad: {bad})")
+    return [int(s) for s in sizes]
 
 
 @torch.no_grad()
@@ -95,15 +110,15 @@ def token_summaries(extractor, x: torch.Tensor, layer: int) -> tuple[np.ndarray,
 
 @dataclass(frozen=True)
 class SceneFeatures:
-    """Per scale and image: ``cls``, ``mean`` and ``sq_mean`` (S, N, C); labels, ids, scales, provenance."""
+    """Per size and image: ``cls``, ``mean``, ``sq_mean`` (S, N, C); labels, ids, sizes, Scale-MAE's input_res."""
 
     cls: np.ndarray
     mean: np.ndarray
     sq_mean: np.ndarray
     labels: np.ndarray
     sample_ids: np.ndarray
-    scales: np.ndarray
-    gsd_ratios: np.ndarray
+    sizes: np.ndarray
+    input_res: np.ndarray
     attrs: dict[str, Any]
 
 
@@ -114,16 +129,16 @@ def extract_scene_features(
     manifest: pd.DataFrame,
     spec: ModelSpec,
     extractor,
-    scales: Sequence[float],
+    sizes: Sequence[int],
     base_resolution: float,
     batch_size: int,
     preset: str,
     data_source: str,
 ) -> SceneFeatures:
-    """Features of every manifest image at every scale (images decoded once, the model built by the caller)."""
+    """Features of every manifest image at every size (images decoded once, the model built by the caller)."""
     if len(manifest) == 0:
         raise ConfigError(f"{dataset}: the manifest is empty")
-    scales = [float(s) for s in scales]
+    sizes = check_eval_sizes(sizes, spec)
     layer = extractor.depth
     gsd = uses_gsd(extractor.model)
     device = next(extractor.parameters()).device
@@ -131,43 +146,70 @@ def extract_scene_features(
     rows = manifest.to_dict("records")
     for start in range(0, len(rows), batch_size):
         images = [read_rgb(Path(root, row["image_path"])) for row in rows[start:start + batch_size]]
-        per_scale = {name: [] for name in out}
-        for scale in scales:
+        per_size = {name: [] for name in out}
+        for size in sizes:
             if gsd:
-                extractor.model.gsd_ratio = gsd_ratio(scale, base_resolution)
-            x = torch.from_numpy(np.stack([model_input(image, scale, spec) for image in images])).to(device)
+                extractor.model.gsd_ratio = scalemae_input_res(size, base_resolution)
+            x = torch.from_numpy(np.stack([model_input(image, size, spec) for image in images])).to(device)
             for name, values in zip(out, token_summaries(extractor, x, layer)):
-                per_scale[name].append(values)
+                per_size[name].append(values)
         for name in out:
-            out[name].append(np.stack(per_scale[name]))  # (S, B, C)
+            out[name].append(np.stack(per_size[name]))  # (S, B, C)
         log.info("%s/%s: %d of %d images", dataset, spec.key, min(start + batch_size, len(rows)), len(rows))
-    ratios = [gsd_ratio(s, base_resolution) if gsd else float("nan") for s in scales]
+    input_res = [scalemae_input_res(s, base_resolution) if gsd else float("nan") for s in sizes]
     attrs = {
         "model": spec.key, "arch": spec.arch, "weights": spec.weights_label, "layer": layer, "dataset": dataset,
         "split": "all", "data_source": data_source, "preset": preset, "n_images": len(rows),
-        "input_size": spec.input_size, "downsample": "cv2.INTER_AREA", "resize": "normalise, then bicubic",
+        "native_input_size": spec.input_size, "resample": "normalise, then torch interpolate mode=area to size^2",
+        "position_embedding": "Scale-MAE: GSD sin-cos, input_res = base*224/size" if gsd
+        else "interpolated to the size's grid (dynamic image size)",
         "gsd_aware": gsd, "base_resolution": float(base_resolution),
     }
     return SceneFeatures(
         cls=np.concatenate(out["cls"], axis=1), mean=np.concatenate(out["mean"], axis=1),
         sq_mean=np.concatenate(out["sq_mean"], axis=1), labels=manifest["label"].to_numpy(np.int64),
-        sample_ids=np.asarray(manifest["sample_id"].astype(str).tolist(), dtype=str), scales=np.asarray(scales),
-        gsd_ratios=np.asarray(ratios), attrs=attrs,
+        sample_ids=np.asarray(manifest["sample_id"].astype(str).tolist(), dtype=str),
+        sizes=np.asarray(sizes, dtype=np.int64), input_res=np.asarray(input_res), attrs=attrs,
     )
+
+
+def remove_leftovers(path: PathLike) -> list[Path]:
+    """Delete temporary files of an interrupted save of ``path`` (``kill -9`` skips the cleanup)."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.tmp-*")) if path.parent.is_dir() else []
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted save", leftover)
+    return stale
 
 
 def write_scene_features(features: SceneFeatures, path: PathLike) -> None:
     """Atomic ``.npz`` (float32 tokens, provenance as JSON in ``attrs``)."""
-    arrays = {name: getattr(features, name) for name in ("cls", "mean", "sq_mean", "labels", "sample_ids",
-                                                          "scales", "gsd_ratios")}
+    arrays = {name: getattr(features, name) for name in ARRAYS}
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays, attrs=np.array(json.dumps(features.attrs, sort_keys=True)))
 
 
 def read_scene_features(path: PathLike) -> SceneFeatures:
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files if name != "attrs"}
-        attrs = json.loads(str(data["attrs"]))
+    """The features of ``path``; a truncated, foreign or older file is an error naming the file and the cause."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [name for name in (*ARRAYS, "attrs") if name not in data.files]
+            if missing:
+                raise CorruptFileError(f"scene features {path} lack arrays {missing} (written by another version?); "
+                                       "delete it and rerun its scene_features job")
+            arrays = {name: data[name] for name in ARRAYS}
+            attrs = json.loads(str(data["attrs"]))
+    except CorruptFileError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
+        raise CorruptFileError(f"cannot read scene features {path}: {type(err).__name__}: {err} (truncated or "
+                               "not an .npz?); delete it and rerun its scene_features job") from err
+    n_sizes, n_images = len(arrays["sizes"]), len(arrays["labels"])
+    for name in ("cls", "mean", "sq_mean"):
+        if arrays[name].ndim != 3 or arrays[name].shape[:2] != (n_sizes, n_images):
+            raise CorruptFileError(f"scene features {path}: {name} has shape {arrays[name].shape}, expected "
+                                   f"({n_sizes} sizes, {n_images} images, C)")
     return SceneFeatures(**arrays, attrs=attrs)
 
 
@@ -189,20 +231,21 @@ def scene_split(labels: np.ndarray, train_fraction: float, seed: int) -> np.ndar
     return train
 
 
-def representation_variance(features: SceneFeatures, scale_index: int, train: np.ndarray) -> dict[str, np.ndarray]:
+def representation_variance(features: SceneFeatures, size_index: int, train: np.ndarray) -> dict[str, np.ndarray]:
     """Per-dimension population variance over the training images: of their [CLS] tokens, of all their patches.
 
     Every image has the same number of patches, so the pooled patch variance
     is the mean of the per-image ``E[x^2]`` minus the squared mean of the
     per-image means.
     """
-    cls = features.cls[scale_index, train].astype(np.float64)
-    mean = features.mean[scale_index, train].astype(np.float64).mean(axis=0)
-    patch_var = features.sq_mean[scale_index, train].astype(np.float64).mean(axis=0) - mean**2
+    cls = features.cls[size_index, train].astype(np.float64)
+    mean = features.mean[size_index, train].astype(np.float64).mean(axis=0)
+    patch_var = features.sq_mean[size_index, train].astype(np.float64).mean(axis=0) - mean**2
     return {"cls": cls.var(axis=0), "mean": np.clip(patch_var, 0.0, None)}
 
 
 def check_removed_dims(m: int, n_dims: int, model: str) -> int:
+    """The rule of ``scene.removed_dims``: smaller than the model's width, else the job stops."""
     if not 0 < m < n_dims:
         raise ConfigError(
             f"scene.removed_dims = {m}: model {model!r} has {n_dims} dimensions; expected 0 < m < {n_dims}"
@@ -216,16 +259,18 @@ def scene_knn_rows(
     *,
     removed_dims: int,
     train_fraction: float,
+    knn: str,
     k: int,
-    metric: str,
+    temperature: float,
     seed: int,
     device: str | None = "auto",
 ) -> pd.DataFrame:
-    """Fig 5 rows of ``model``: k-NN accuracy per dataset, scale, representation, with / without the top-m dims.
+    """Fig 5 rows of ``model``: k-NN accuracy per dataset, input size, representation, with / without the top-m dims.
 
     ``model`` rows use every dimension, ``<model>-<m>`` rows lack the top-m
-    (the study's "MAE-200" convention). Level ``<representation>:scale=<s>``.
+    (the study's "MAE-200" convention). Level ``<representation>:px=<size>``.
     """
+    protocol = knn_protocol(knn, k, temperature)
     frames = []
     dev = resolve_device(device)
     for dataset, path in paths.items():
@@ -237,31 +282,36 @@ def scene_knn_rows(
         train = scene_split(features.labels, train_fraction, seed)
         y_train, y_test = features.labels[train], features.labels[~train]
         split_sha = hashlib.sha256("\n".join(sorted(features.sample_ids[train])).encode()).hexdigest()[:16]
-        for si, scale in enumerate(features.scales):
+        for si, size in enumerate(int(s) for s in features.sizes):
             variances = representation_variance(features, si, train)
+            input_res = float(features.input_res[si])
             for rep in REPRESENTATIONS:
                 x = getattr(features, rep)[si].astype(np.float32)
                 for removed in (0, m):
                     dims = top_variance_dims(variances[rep], removed)
                     xr = remove_dims(x, dims)
-                    preds = knn_predict(xr[train], y_train, xr[~train], k=k, metric=metric, device=dev)
+                    preds = knn_classify(xr[train], y_train, xr[~train], mode=knn, k=k, temperature=temperature,
+                                         device=dev)
                     settings = {
-                        "k": k, "metric": metric, "train_fraction": train_fraction, "seed": seed,
-                        "n_train": int(train.sum()), "n_test": int((~train).sum()), "train_ids_sha256": split_sha,
+                        **protocol, "train_fraction": train_fraction, "seed": seed, "n_train": int(train.sum()),
+                        "n_test": int((~train).sum()), "train_ids_sha256": split_sha,
                         "split": "stratified per class, numpy default_rng([seed, label])",
                         "ranked_on": "train [CLS] tokens" if rep == "cls" else "all patches of the train images",
-                        "gsd_ratio": None if np.isnan(features.gsd_ratios[si]) else float(features.gsd_ratios[si]),
-                        "gsd_m": (NATIVE_GSD_M[dataset] / float(scale)) if dataset in NATIVE_GSD_M else None,
+                        "removed": [int(d) for d in dims], "input_px": size, "gsd_ratio": gsd_ratio(size),
+                        "scalemae_input_res": None if np.isnan(input_res) else input_res,
+                        "gsd_m": (NATIVE_GSD_M[dataset][0] * NATIVE_GSD_M[dataset][1] / size
+                                  if dataset in NATIVE_GSD_M else None),
                     }
                     frames.append({
                         "experiment": "scene_knn", "dataset": dataset,
                         "model": model if removed == 0 else f"{model}-{removed}", "probe": "knn",
-                        "layer": int(features.attrs["layer"]), "level": f"{rep}:scale={fmt(float(scale))}",
+                        "layer": int(features.attrs["layer"]), "level": f"{rep}:px={size}",
                         "class": "all", "metric": "accuracy", "value": float(np.mean(preds == y_test)),
                         "preset": features.attrs["preset"], "weights": features.attrs["weights"],
-                        "knn_metric": metric, "patch_labels": "none", "data": features.attrs["data_source"],
+                        "knn_metric": protocol["metric"], "patch_labels": "none", "data": features.attrs["data_source"],
                         "settings": json.dumps(settings, sort_keys=True, separators=(",", ":")),
-                        "representation": rep, "scale": fmt(float(scale)), "removed_dims": removed,
+                        "representation": rep, "input_px": size, "gsd_ratio": gsd_ratio(size),
+                        "removed_dims": removed, "k": protocol["k"], "knn": knn,
                     })
     table = pd.DataFrame(frames, columns=list(KNN_COLUMNS))
     table["layer"] = table["layer"].astype("Int64")
@@ -277,7 +327,7 @@ def extract_scene_feature_files(
     manifests: Mapping[str, PathLike],
     data_sources: Mapping[str, str],
     out_paths: Sequence[PathLike],
-    scales: Sequence[float],
+    sizes: Sequence[int],
     base_resolution: float,
     weights_dir: PathLike,
     device: str,
@@ -292,14 +342,17 @@ def extract_scene_feature_files(
 
     if len(out_paths) != len(datasets):
         raise ConfigError(f"{len(out_paths)} output paths for datasets {list(datasets)}")
+    for path in out_paths:
+        remove_leftovers(path)
     spec = resolve(model_key, model_overrides)
-    extractor = build_extractor(spec, weights_dir, pipeline_device(device))
+    check_eval_sizes(sizes, spec)
+    extractor = build_extractor(spec, weights_dir, pipeline_device(device), dynamic_img_size=True)
     for dataset, path in zip(datasets, out_paths):
         features = extract_scene_features(
             dataset=dataset, root=roots[dataset], manifest=read_manifest(manifests[dataset]), spec=spec,
-            extractor=extractor, scales=scales, base_resolution=base_resolution, batch_size=batch_size,
+            extractor=extractor, sizes=sizes, base_resolution=base_resolution, batch_size=batch_size,
             preset=preset, data_source=data_sources[dataset],
         )
         write_scene_features(features, path)
-        log.info("%s/%s: %d images x %d scales -> %s", dataset, model_key, features.cls.shape[1],
-                 len(features.scales), path)
+        log.info("%s/%s: %d images x %d sizes -> %s", dataset, model_key, features.cls.shape[1],
+                 len(features.sizes), path)
