@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -178,3 +180,81 @@ def test_table4_from_rows(tmp_path):
     assert data["mse"].tolist() == pytest.approx([0.01, 0.11, 0.01, 0.11])
     tex = (tmp_path / "t.tex").read_text()
     assert "DEMO" in tex and "top-12 zeroed" in tex and "0.1100" in tex
+
+
+# --------------------------------------------------------------------------- Table 4 end to end
+
+M, D_CLS = 4, 7  # dims zeroed; a [CLS] dimension made far from every patch
+
+
+def tiles_of(root, manifest):
+    """Every 32 px tile (4 x 8 per 128 x 256 image, row-major) of the manifest, as RGB in [0, 1]: (n, 32, 32, 3)."""
+    from vitlocal.io import read_rgb
+
+    out = []
+    for path in manifest["image_path"]:
+        image = read_rgb(root / path) / 255.0
+        out += [image[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] for r in range(4) for c in range(8)]
+    return np.stack(out)
+
+
+def patch_tokens(tiles):
+    """The identity encoder's patch tokens by hand: normalised pixels, (row, col, channel) within each 4 x 4 patch."""
+    x = (tiles - np.asarray(MEAN)) / np.asarray(STD)
+    n = len(x)
+    return x.reshape(n, 8, P, 8, P, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n * 64, D)
+
+
+def top_dims(tokens, m=M):
+    var = tokens.var(axis=0)
+    order = np.argsort(-var, kind="stable")
+    assert var[order[m - 1]] > var[order[m]] * 1.001  # no near-tie at the cut
+    return sorted(order[:m].tolist())
+
+
+@pytest.fixture(scope="module")
+def cityscapes_root(tmp_path_factory):
+    from vitlocal.synthetic import cityscapes as synth_cityscapes
+
+    root = tmp_path_factory.mktemp("cityscapes")
+    return synth_cityscapes.write(root, train_cities=["aachen"], val_cities=["lindau"],
+                                  images_per_city={"train": 2, "val": 1}, size=(128, 256), seed=0)
+
+
+def test_reconstruction_rows_follow_the_protocol(cityscapes_root):
+    """Table 4 on an identity MAE: dims ranked over the training tiles' patches only, errors known by hand."""
+    from vitlocal.datasets import cityscapes
+    from vitlocal.models.registry import ModelSpec
+    from vitlocal.studies.scene.reconstruction import reconstruction_rows
+
+    root = cityscapes_root
+    train, val = cityscapes.list_images(root, "train"), cityscapes.list_images(root, "val")
+    spec = ModelSpec(key="mae_decoder", arch="mae_vit_base_patch16_dec512d8b", weights="random", patch_size=P,
+                     input_size=SIZE, embed_dim=D, depth=0, mean=MEAN, std=STD)
+    model = identity_mae()
+    with torch.no_grad():
+        model.cls_token[0, 0, D_CLS] = 50.0
+    train_tiles, val_tiles = tiles_of(root, train), tiles_of(root, val)
+    want_dims = top_dims(patch_tokens(train_tiles))
+    # the test can tell the protocol from its plausible slips:
+    assert D_CLS not in want_dims
+    with_cls = np.concatenate([patch_tokens(train_tiles), np.tile(np.eye(D)[D_CLS] * 50.0, (len(train_tiles), 1))])
+    assert D_CLS in top_dims(with_cls)  # ... [CLS] tokens among the ranked ones
+    assert top_dims(patch_tokens(val_tiles)) != want_dims  # ... ranked on the val tiles
+
+    rows = reconstruction_rows("mae_decoder", spec, model, root=root, train_manifest=train, manifest=val,
+                               mask_ratios=[0.0, 0.75], removed_dims=M, seed=0, preset="demo",
+                               data_source="synthetic", device="cpu")
+    settings = json.loads(rows["settings"].iloc[0])
+    assert sorted(settings["zeroed_dims"]) == want_dims
+    assert settings["n_images"] == 32 and "4096 Cityscapes training patches" in settings["ranked_on"]
+    value = rows.set_index(["level", "metric"])["value"]
+    assert value[("mask=0:intact", "mse")] < 1e-12
+    per_tile = [expected_mse(torch.tensor(t).permute(2, 0, 1)[None], want_dims, np.ones((8, 8))) for t in val_tiles]
+    assert value[(f"mask=0:zeroed{M}", "mse")] == pytest.approx(np.mean(per_tile), rel=1e-5)
+    assert value[(f"mask=0:zeroed{M}", "psnr")] == pytest.approx(np.mean(10 * np.log10(1 / np.array(per_tile))),
+                                                                 rel=1e-5)
+    # 75 % masked: only masked patches are scored and they see the mask token, never the zeroed dims
+    assert value[("mask=0.75:intact", "mse")] == pytest.approx(value[(f"mask=0.75:zeroed{M}", "mse")], rel=1e-9)
+    assert value[("mask=0.75:intact", "mse")] > 1e-3
+    assert (rows.loc[rows["metric"] == "n_images", "value"] == 32).all()
