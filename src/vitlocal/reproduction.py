@@ -50,6 +50,19 @@ LINEAR_PROBE_NOTE = (
 
 #: Parts of the study whose experiments the report introduces together: heading -> (experiments, notes).
 STUDY_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "Scene classification across ground sample distances (Fig. 5)": (
+        ("scene_knn",),
+        (
+            "Fig. 5 repeats Scale-MAE's own k-NN evaluation (`mae/eval/knn.py`): each image area-interpolated "
+            "to `input_px` and fed at that size, Scale-MAE with `input_res = base x 224 / size`, MAE and DINO "
+            "with their position embedding interpolated; L2-normalised features, 20 nearest by cosine, votes "
+            "weighted exp(sim / 0.07). Known differences from the authors: 32 and 64 px stand for 12.5 % and "
+            "25 % of 224 px (28, 56 px are not multiples of the 16-px patch); UC Merced's off-size images are "
+            "area-interpolated directly (Scale-MAE first resizes them bilinearly to 256 x 256); the split is "
+            "stratified and seeded (`scene.train_fraction`), Scale-MAE's a random 90/10; exact vote ties go to "
+            "the lowest label (Scale-MAE leaves them to torch's sort).",
+        ),
+    ),
     "Section 5 — FAIR1M object-patch retrieval (Figs. 6, 7, 11, Table 3)": (
         ("fair1m_stats", "fair1m_rotation", "fair1m_retrieval", "fair1m_retrieval_exclude_own"),
         (
