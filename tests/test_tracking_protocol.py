@@ -25,6 +25,8 @@ from vitlocal.datasets import bdd100k, cityscapes, mot17
 from vitlocal.errors import CorruptFileError, LabelError
 from vitlocal.experiments.segmentation import EvalTarget, ProbeSettings, knn_result, labelled, load_split
 from vitlocal.features.store import FeatureWriter
+from vitlocal.published import load_published, to_our_keys
+from vitlocal.reproduction import COMPARED, compare
 from vitlocal.studies.tracking import compute
 from vitlocal.studies.tracking.compute import (
     TrackingSettings,
@@ -316,3 +318,18 @@ def test_all_ignored_videos_are_counted_and_all_empty_is_an_error(tmp_path):
     with pytest.raises(LabelError, match="nothing to score"):
         tracking_rows("dino", only, extra, experiment="tracking", dataset="bdd100k", root=root, split="val",
                       settings=SETTINGS)
+
+
+def test_report_compares_every_published_tracking_curve(paper_config):
+    """Fig 8's published curves (supervised, DINO, DINOv2, MAE, SimMIM) are all run and compared."""
+    published = load_published()
+    curves = to_our_keys(published[published["experiment"] == "tracking"])
+    assert set(curves["model"]) <= set(paper_config["tracking_models"])
+    ours = pd.DataFrame([{"experiment": "tracking", "dataset": "bdd100k", "model": model, "probe": "none",
+                          "layer": None, "level": "delta=1", "class": "all", "metric": "acc_same_instance",
+                          "value": 0.5, "preset": "paper", "weights": "official", "knn_metric": "dot",
+                          "patch_labels": "nearest_exact", "data": "official"}
+                         for model in paper_config["tracking_models"]])
+    ours["layer"] = pd.array(ours["layer"], dtype="Int64")
+    result = compare(ours, published)
+    assert set(result.loc[result["status"] == COMPARED, "model"]) == set(curves["model"])
