@@ -27,7 +27,9 @@ from vitlocal.experiments.segmentation import EvalTarget, ProbeSettings, knn_res
 from vitlocal.features.store import FeatureWriter
 from vitlocal.published import load_published, to_our_keys
 from vitlocal.reproduction import COMPARED, compare
-from vitlocal.studies.tracking import compute
+from vitlocal.models.extractor import build_extractor
+from vitlocal.models.registry import MODELS, demo_variant
+from vitlocal.studies.tracking import compute, full_vs_tile_models
 from vitlocal.studies.tracking.compute import (
     TrackingSettings,
     cityscapes_full_vs_tile_rows,
@@ -333,3 +335,15 @@ def test_report_compares_every_published_tracking_curve(paper_config):
     ours["layer"] = pd.array(ours["layer"], dtype="Int64")
     result = compare(ours, published)
     assert set(result.loc[result["status"] == COMPARED, "model"]) == set(curves["model"])
+
+
+def test_whole_frame_models_take_a_whole_frame(paper_config):
+    """Table 5's tracking models get features of whole (non-square, non-native) frames."""
+    models = full_vs_tile_models(paper_config)
+    assert models == ["dino", "dinov2", "mae"]
+    for key in models:
+        spec = demo_variant(MODELS[key], depth=1)
+        ext = build_extractor(spec, PROJECT / "no-weights", dynamic_img_size=True)
+        p = spec.patch_size
+        patch, _ = ext.forward_layers(torch.zeros(1, 3, 3 * p, 5 * p), [1])
+        assert patch[1].shape[1] == 15
