@@ -50,7 +50,8 @@ TRAIN_FRAME_RATES: dict[str, int] = {
 }
 #: Rows of each official train ``gt/gt.txt`` (112,297 in all) and ``seqLength``: a file cut at a line
 #: boundary still parses, so real data are checked against these (synthetic data, which reuse the
-#: sequence names, are not: ``read_tracks(..., synthetic=True)``).
+#: sequence names, are not: ``read_tracks(..., synthetic=True)``). The lengths agree with the common
+#: half splits; the row counts could not be checked against a public copy (docs/datasets.md).
 TRAIN_GT_ROWS: dict[str, int] = {
     "MOT17-02": 18581, "MOT17-04": 47557, "MOT17-05": 6917, "MOT17-09": 5325,
     "MOT17-10": 12839, "MOT17-11": 9436, "MOT17-13": 11642,
