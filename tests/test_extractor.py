@@ -205,3 +205,37 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
     path.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CorruptFileError, match="broken.pth"):
         read_checkpoint(path)
+
+
+@pytest.mark.parametrize("arch,prefix", [("vit_base_patch14_dinov2", 1), ("vit_base_patch14_reg4_dinov2", 0)])
+def test_whole_frame_grid_is_resampled_once_from_the_checkpoint_table(tmp_path, arch, prefix):
+    """Issue 18 §2: a 48x80 grid (672x1120 frame) gets the checkpoint's 37x37 table resampled once.
+
+    Reference: timm's ``resample_abs_pos_embed`` of the stored table, and a model
+    built at the checkpoint's own 518 px that timm resamples at run time.
+    """
+    kwargs = {"embed_dim": 48, "num_heads": 3, "depth": 1}
+    key = "dinov2" if prefix else "dinov2_reg4"
+    spec = resolve(key, {"arch": arch, "model_kwargs": {**kwargs, "img_size": 224}})
+    native = timm.create_model(arch, **kwargs, dynamic_img_size=True).eval()
+    with torch.no_grad():  # a table with detail that a 16x16 copy loses
+        native.pos_embed.copy_(torch.randn(native.pos_embed.shape, generator=torch.Generator().manual_seed(1)))
+    path = weights_path(spec, tmp_path)
+    path.parent.mkdir(parents=True)
+    save_file(native.state_dict(), str(path))
+    ext = build_extractor(spec, tmp_path, dynamic_img_size=True)
+    table = native.pos_embed.detach()
+    want = resample_abs_pos_embed(table, new_size=(48, 80), old_size=(37, 37), num_prefix_tokens=prefix)
+    with torch.no_grad():
+        used = ext.model._pos_embed(torch.zeros(1, 48, 80, 48))
+    n_prefix = ext.model.num_prefix_tokens
+    torch.testing.assert_close(used[:, n_prefix:], want[:, prefix:], atol=1e-6, rtol=0)
+    x = batch(672, 1120)[:1]
+    with torch.no_grad():
+        reference = native.forward_features(x)
+    patch, _ = ext.forward_layers(x, [1])
+    torch.testing.assert_close(patch[1], reference[:, n_prefix:], atol=1e-5, rtol=0)
+    # At the load size the model keeps timm's own (once-resampled) 16x16 table.
+    static = build_extractor(spec, tmp_path)
+    x = batch(224, 224)[:1]
+    torch.testing.assert_close(ext.forward_layers(x, [1])[0][1], static.forward_layers(x, [1])[0][1])

@@ -203,7 +203,7 @@ def test_mot17_reads_the_gt_written(mot_root):
         gt = np.loadtxt(gt_file, delimiter=",")
         assert (np.diff(gt[:, 1]) >= 0).all()  # grouped by track
         gt = gt[np.lexsort((gt[:, 1].astype(int).astype(str), gt[:, 0]))]
-        tracks = mot17.read_tracks(mot_root, "train", sequence)
+        tracks = mot17.read_tracks(mot_root, "train", sequence, synthetic=True)
         assert tracks["frame"].tolist() == gt[:, 0].astype(int).tolist()
         assert tracks["track_id"].tolist() == [str(int(i)) for i in gt[:, 1]]
         np.testing.assert_array_equal(tracks[["x1", "y1"]].to_numpy(), gt[:, 2:4])
@@ -230,7 +230,7 @@ def test_mot17_consider_and_class_give_ignore(tmp_path):
         [2, img + "000002.jpg", "1", "pedestrian", 11.0, 21.0, 16.0, 29.0, True],
         [2, img + "000002.jpg", "3", "car", 0.0, 0.0, 4.0, 4.0, True],
     ])
-    pd.testing.assert_frame_equal(mot17.read_tracks(tmp_path, "train", "MOT17-09"), expected)
+    pd.testing.assert_frame_equal(mot17.read_tracks(tmp_path, "train", "MOT17-09", synthetic=True), expected)
 
 
 def test_mot17_uses_one_detector_copy(mot_root, tmp_path):
@@ -267,7 +267,7 @@ def test_mot17_seqinfo_is_consistent(mot_root, tmp_path):
     ini = root / "train/MOT17-02-FRCNN/seqinfo.ini"
     ini.write_text(ini.read_text().replace("seqLength=10", "seqLength=12"))
     with pytest.raises(CorruptFileError, match=r"seqinfo\.ini: seqLength=12 .* holds 10"):
-        mot17.read_tracks(root, "train", "MOT17-02")
+        mot17.read_tracks(root, "train", "MOT17-02", synthetic=True)
     ini.write_text(ini.read_text().replace("seqLength=12", "seqLength=10").replace("imWidth=160", "imWidth=1920"))
     with pytest.raises(CorruptFileError, match="1920x90 but .*000001.jpg is 160x90"):
         mot17.select_subset(root)
@@ -286,13 +286,13 @@ def test_mot17_errors_name_the_file(mot_root, tmp_path):
     lines[2] += ",-1"
     gt.write_text("\n".join(lines) + "\n")
     with pytest.raises(CorruptFileError, match=r"gt\.txt:3: 10 columns, expected 9"):
-        mot17.read_tracks(root, "train", "MOT17-02")
+        mot17.read_tracks(root, "train", "MOT17-02", synthetic=True)
     gt.write_text("1,1,10,20,0,8,1,1,1\n")
     with pytest.raises(LabelError, match=r"gt\.txt: frame 1, track '1'.*x2 > x1"):
-        mot17.read_tracks(root, "train", "MOT17-02")
+        mot17.read_tracks(root, "train", "MOT17-02", synthetic=True)
     gt.write_text("11,1,10,20,5,8,1,1,1\n")
     with pytest.raises(DatasetNotFoundError, match="000011.jpg"):
-        mot17.read_tracks(root, "train", "MOT17-02")
+        mot17.read_tracks(root, "train", "MOT17-02", synthetic=True)
     shutil.rmtree(root / "train/MOT17-02-FRCNN/img1")
     with pytest.raises(DatasetNotFoundError, match="MOT17-02-FRCNN/img1"):
-        mot17.read_tracks(root, "train", "MOT17-02")
+        mot17.read_tracks(root, "train", "MOT17-02", synthetic=True)

@@ -96,8 +96,14 @@ STUDY_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "pairs, as the authors did; the per-query pooled accuracy is in each row's `settings`.",
             "All published tracking numbers are digitised from the authors' vector plots of BDD100K (first 4 "
             "val videos). Our default run (3x5 tiles of 672x1120 frames) compares with their tiled run "
-            "(`delta=N`); the paper's Fig. 8 plots a whole-frame 720x1280 run (`full-720x1280:delta=N`), "
-            "listed as not computed. MOT17 (Fig. 9) and the Cityscapes part of Table 5 have no published numbers.",
+            "(`delta=N`), published for all five models of the paper preset (supervised, DINO, DINOv2, MAE, "
+            "SimMIM); the paper's Fig. 8 plots a whole-frame 720x1280 run (`full-720x1280:delta=N`, DINO, "
+            "DINOv2 and MAE only), listed as not computed, as are Table 5's tracking rows of supervised and "
+            "SimMIM, which have no published counterpart. MOT17 (Fig. 9) and the Cityscapes part of Table 5 "
+            "have no published numbers.",
+            "ROIAlign runs with torchvision's `aligned=False`, as the authors called it (`tracking.roi_aligned`, "
+            "recorded in each row's `settings`). Whole frames of DINOv2 (48x80 patches) get the checkpoint's "
+            "own 37x37 position embedding resampled once, not the 16x16 copy of the 224-px build.",
         ),
     ),
 }

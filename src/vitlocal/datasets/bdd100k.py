@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 
 from ..errors import ConfigError, CorruptFileError, LabelError
 from .base import DatasetInfo, require_dir
-from .tracking import check_images, frames_manifest, track_table
+from .tracking import check_images, check_inside, frames_manifest, track_table
 
 INFO = DatasetInfo(
     name="BDD100K MOT 2020 (box_track_20)",
@@ -75,6 +76,8 @@ def _load_frames(root: Path, split: str, video: str) -> tuple[Path, list[dict]]:
         raise CorruptFileError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(frames, list) or not all(isinstance(f, dict) for f in frames):
         raise CorruptFileError(f"{path}: expected a JSON list of frame objects")
+    if not frames:
+        raise CorruptFileError(f"{path}: lists no frames (every box_track_20 video is annotated)")
     return path, frames
 
 
@@ -95,10 +98,23 @@ def _attribute(attributes: dict[str, Any], key: str) -> bool:
     return bool(attributes.get(key, attributes.get(key.capitalize(), False)))
 
 
+def _frame_labels(frame: dict, number: int, path: Path) -> list[dict]:
+    """The frame's ``labels`` (absent or null: none), each a JSON object."""
+    labels = frame.get("labels")
+    if labels is None:
+        return []
+    if not isinstance(labels, list) or not all(isinstance(label, dict) for label in labels):
+        raise CorruptFileError(f"{path}: frame {number}: 'labels' must be a list of label objects, got {labels!r}")
+    return labels
+
+
 def _box_row(label: dict, frame: int, image: str, path: Path) -> dict:
     where = f"{path}: frame {frame}"
     if "id" not in label or "category" not in label:
         raise CorruptFileError(f"{where}: label {label!r} lacks 'id' or 'category'")
+    attributes = label.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise CorruptFileError(f"{where}, id {label['id']!r}: 'attributes' must be an object, got {attributes!r}")
     category = label["category"]
     if category not in CATEGORIES and category not in DISTRACTORS:
         raise LabelError(
@@ -111,7 +127,7 @@ def _box_row(label: dict, frame: int, image: str, path: Path) -> dict:
         raise CorruptFileError(
             f"{where}, id {label['id']!r}: box2d {label['box2d']!r} needs numeric x1, y1, x2, y2"
         ) from exc
-    crowd = _attribute(label.get("attributes") or {}, "crowd")
+    crowd = _attribute(attributes, "crowd")
     return {
         "frame": frame, "image_path": image, "track_id": str(label["id"]), "category": category,
         **box, "ignore": crowd or category in DISTRACTORS,
@@ -134,16 +150,31 @@ def read_tracks(root: str | os.PathLike, split: str, video: str) -> pd.DataFrame
     """The track table of one video (see ``tracking.TRACK_COLUMNS``).
 
     Labels without ``box2d`` are skipped; distractor categories and crowd
-    boxes get ``ignore=True``. Every frame listed must have its image.
+    boxes get ``ignore=True``. Every frame listed must have its image, a video
+    must have a box, and every box must overlap its image (size read from it).
     """
-    path, numbered = _numbered_frames(Path(root), split, video)
+    root = Path(root)
+    path, numbered = _numbered_frames(root, split, video)
     rows = [
         _box_row(label, n, image_path(split, video, n), path)
         for n, frame in numbered
-        for label in frame.get("labels") or []
+        for label in _frame_labels(frame, n, path)
         if label.get("box2d") is not None
     ]
-    return track_table(rows, path)
+    if not rows:
+        raise CorruptFileError(f"{path}: none of its {len(numbered)} frames has a box2d label")
+    tracks = track_table(rows, path)
+    check_inside(tracks, {n: _image_hw(root / image_path(split, video, n)) for n in tracks["frame"].unique()}, path)
+    return tracks
+
+
+def _image_hw(path: Path) -> tuple[int, int]:
+    """(height, width) from the image header."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except OSError as exc:
+        raise CorruptFileError(f"cannot decode image {path}: {exc}") from exc
 
 
 def list_frames(root: str | os.PathLike, split: str, video: str) -> list[int]:

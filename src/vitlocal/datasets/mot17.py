@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import ConfigError, CorruptFileError, DatasetNotFoundError, LabelError
 from .base import DatasetInfo, require_dir
-from .tracking import check_images, frames_manifest, track_table
+from .tracking import check_images, check_inside, frames_manifest, track_table
 
 INFO = DatasetInfo(
     name="MOT17",
@@ -47,6 +47,18 @@ PREFERRED_DETECTOR = "FRCNN"
 TRAIN_FRAME_RATES: dict[str, int] = {
     "MOT17-02": 30, "MOT17-04": 30, "MOT17-05": 14, "MOT17-09": 30,
     "MOT17-10": 30, "MOT17-11": 30, "MOT17-13": 25,
+}
+#: Rows of each official train ``gt/gt.txt`` (112,297 in all) and ``seqLength``: a file cut at a line
+#: boundary still parses, so real data are checked against these (synthetic data, which reuse the
+#: sequence names, are not: ``read_tracks(..., synthetic=True)``). The lengths agree with the common
+#: half splits; the row counts could not be checked against a public copy (docs/datasets.md).
+TRAIN_GT_ROWS: dict[str, int] = {
+    "MOT17-02": 18581, "MOT17-04": 47557, "MOT17-05": 6917, "MOT17-09": 5325,
+    "MOT17-10": 12839, "MOT17-11": 9436, "MOT17-13": 11642,
+}
+TRAIN_LENGTHS: dict[str, int] = {
+    "MOT17-02": 600, "MOT17-04": 1050, "MOT17-05": 837, "MOT17-09": 525,
+    "MOT17-10": 654, "MOT17-11": 900, "MOT17-13": 750,
 }
 SEQINFO_KEYS: dict[str, type] = {
     "name": str, "imDir": str, "frameRate": int, "seqLength": int,
@@ -157,18 +169,41 @@ def _parse_gt_line(line: str, path: Path, lineno: int) -> tuple[int, int, float,
     return frame, track, left, top, width, height, consider, cls
 
 
-def read_tracks(root: str | os.PathLike, split: str, sequence: str) -> pd.DataFrame:
-    """The track table of ``sequence`` from its ``gt/gt.txt`` (see ``tracking.TRACK_COLUMNS``)."""
+def _check_official(path: Path, ini: Path, sequence: str, info: dict, n_rows: int) -> None:
+    """Frame rate, length and gt row count of an official train sequence, as released."""
+    if sequence not in TRAIN_GT_ROWS:
+        raise CorruptFileError(f"{path}: {sequence} is not an official MOT17 train sequence {sorted(TRAIN_GT_ROWS)}")
+    for what, got, official in (("frameRate", info["frameRate"], TRAIN_FRAME_RATES[sequence]),
+                                ("seqLength", info["seqLength"], TRAIN_LENGTHS[sequence])):
+        if got != official:
+            raise CorruptFileError(f"{ini}: {what}={got}, the official {sequence} has {official}")
+    if n_rows != TRAIN_GT_ROWS[sequence]:
+        raise CorruptFileError(
+            f"{path}: {n_rows} rows, the official {sequence} gt.txt has {TRAIN_GT_ROWS[sequence]} "
+            "(a cut or altered file; synthetic data set datasets.mot17.source: synthetic)"
+        )
+
+
+def read_tracks(root: str | os.PathLike, split: str, sequence: str, *, synthetic: bool = False) -> pd.DataFrame:
+    """The track table of ``sequence`` from its ``gt/gt.txt`` (see ``tracking.TRACK_COLUMNS``).
+
+    Real train sequences (``synthetic=False``) must match the release's frame
+    rate, length and row count; every box must overlap the ``imWidth x
+    imHeight`` frame of ``seqinfo.ini``.
+    """
     root = Path(root)
     seq_dir = sequence_dir(root, split, sequence)
     info = _checked_seqinfo(root, split, seq_dir)
     path = seq_dir / "gt" / "gt.txt"
     if not path.is_file():
         raise INFO.missing(root, f"{split}/{seq_dir.name}/gt/gt.txt")
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise CorruptFileError(f"{path}: no ground-truth rows (every MOT17 train sequence is annotated)")
+    if not synthetic and split == "train":
+        _check_official(path, seq_dir / "seqinfo.ini", sequence, info, len(lines))
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in lines:
         frame, track, left, top, width, height, consider, cls = _parse_gt_line(line.strip(), path, lineno)
         rows.append({
             "frame": frame, "image_path": _frame_image(split, seq_dir, info, frame),
@@ -178,6 +213,8 @@ def read_tracks(root: str | os.PathLike, split: str, sequence: str) -> pd.DataFr
         })
     tracks = track_table(rows, path)
     check_images(root, tracks["image_path"], path)
+    size = (int(info["imHeight"]), int(info["imWidth"]))
+    check_inside(tracks, {int(f): size for f in tracks["frame"].unique()}, path)
     return tracks
 
 

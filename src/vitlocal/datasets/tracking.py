@@ -67,6 +67,30 @@ def validate_tracks(tracks: pd.DataFrame, source: str | os.PathLike) -> None:
         raise LabelError(f"{source}: track {row['track_id']!r} has two boxes in frame {row['frame']}")
 
 
+def check_inside(tracks: pd.DataFrame, image_hw: Mapping[int, tuple[int, int]], source: str | os.PathLike) -> None:
+    """Raise ``LabelError`` naming ``source``, frame and track of the first box entirely outside its image.
+
+    ``image_hw``: frame -> (height, width). Such a box pools nothing but
+    ROIAlign's zeros and would tie with every other one; a box that is only
+    partly outside is legitimate and kept as written: ROIAlign clamps sample
+    points within one cell of the map to its border and gives zero beyond, as in
+    the authors' call.
+    """
+    if len(tracks) == 0:
+        return
+    hw = np.array([image_hw[int(f)] for f in tracks["frame"]], dtype=np.float64).reshape(-1, 2)
+    x1, y1, x2, y2 = (tracks[c].to_numpy(np.float64) for c in ("x1", "y1", "x2", "y2"))
+    outside = (x2 <= 0) | (y2 <= 0) | (x1 >= hw[:, 1]) | (y1 >= hw[:, 0])
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        row = tracks.iloc[i]
+        raise LabelError(
+            f"{source}: frame {row['frame']}, track {row['track_id']!r}: box (x1={row['x1']}, y1={row['y1']}, "
+            f"x2={row['x2']}, y2={row['y2']}) lies entirely outside the {int(hw[i, 1])}x{int(hw[i, 0])} image "
+            f"({int(outside.sum())} such boxes)"
+        )
+
+
 def check_images(root: str | os.PathLike, image_paths: Iterable[str], source: str | os.PathLike) -> None:
     """Raise ``DatasetNotFoundError`` naming the first annotated frame whose image is absent."""
     root = Path(root)

@@ -10,11 +10,14 @@ cost of one pass.
 from __future__ import annotations
 
 import importlib
+import math
 import pickle
+import types
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from vitlocal.errors import ConfigError, CorruptFileError
@@ -27,9 +30,11 @@ PatchFeatures = dict[int, torch.Tensor]
 def build_model(spec: ModelSpec, weights_dir: str | Path, *, dynamic_img_size: bool = False) -> nn.Module:
     """timm model for ``spec`` with its weights loaded (strictly), on CPU, in eval mode.
 
-    ``dynamic_img_size=True`` makes timm interpolate the position embedding to
-    the input's patch grid at run time (whole-frame experiments); at the native
-    size it changes nothing.
+    ``dynamic_img_size=True`` interpolates the position embedding to the
+    input's patch grid at run time (whole-frame experiments, small inputs); at
+    the native size it changes nothing. A timm checkpoint stored at another
+    grid (DINOv2: 37x37) is kept beside the model and every other grid is
+    resampled from it, once.
     """
     register_custom_archs()
     kwargs = dict(spec.model_kwargs)
@@ -46,6 +51,8 @@ def build_model(spec: ModelSpec, weights_dir: str | Path, *, dynamic_img_size: b
         model = _create(
             spec, spec.pretrained_tag or spec.arch, kwargs, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
         )
+        if dynamic_img_size:
+            _keep_checkpoint_pos_embed(model, checkpoint_pos_embed(path), path)
     else:
         path = ensure_weights(spec, weights_dir)
         model = _create(spec, spec.arch, kwargs, pretrained=False)
@@ -60,6 +67,63 @@ def _create(spec: ModelSpec, name: str, kwargs: Mapping[str, Any], **load: Any) 
         return timm.create_model(name, **load, **kwargs)
     except TypeError as err:
         raise ConfigError(f"model {spec.key!r}: arch {spec.arch!r} rejects model kwargs {dict(kwargs)}: {err}") from err
+
+
+def checkpoint_pos_embed(path: Path) -> torch.Tensor | None:
+    """``pos_embed`` as stored in a timm-layout checkpoint, before timm resamples it to the load size."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.get_tensor("pos_embed") if "pos_embed" in fh.keys() else None
+    state = read_checkpoint(path)
+    for key in ("model", "state_dict"):  # the wrappers timm's checkpoint filter unwraps
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    table = state.get("pos_embed") if isinstance(state, Mapping) else None
+    return table if isinstance(table, torch.Tensor) else None
+
+
+def _keep_checkpoint_pos_embed(model: nn.Module, table: torch.Tensor | None, path: Path) -> None:
+    """Keep the checkpoint's own position table beside ``model`` when the load size resampled it.
+
+    timm's loader shrinks e.g. DINOv2's 37x37 table to the 16x16 of a 224-px
+    build; resampling every other grid from that copy would interpolate twice,
+    once lossily. Inputs of another grid then get the table resampled once,
+    from the checkpoint's grid (``_pos_embed_from_checkpoint``).
+    """
+    if table is None or getattr(model, "pos_embed", None) is None:
+        return
+    prefix = 0 if model.no_embed_class else int(model.num_prefix_tokens)
+    side = math.isqrt(max(table.shape[1] - prefix, 0)) if table.ndim == 3 else 0
+    if table.ndim != 3 or side * side != table.shape[1] - prefix or table.shape[2] != model.pos_embed.shape[2]:
+        raise CorruptFileError(
+            f"{path}: pos_embed of shape {tuple(table.shape)} is not {prefix} prefix entries + a square grid "
+            f"of width {model.pos_embed.shape[2]}, as the model needs"
+        )
+    if (side, side) == tuple(model.patch_embed.grid_size):
+        return  # loaded as stored: the model's own table is the checkpoint's
+    model.register_buffer("checkpoint_pos_embed", table.detach().to(model.pos_embed.dtype).clone(), persistent=False)
+    model.checkpoint_grid = (side, side)
+    model._pos_embed = types.MethodType(_pos_embed_from_checkpoint, model)
+
+
+def _pos_embed_from_checkpoint(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``VisionTransformer._pos_embed`` (dynamic size), taking other grids from the checkpoint's table."""
+    batch, h, w, dim = x.shape
+    prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+    if (h, w) == tuple(self.patch_embed.grid_size):
+        pos_embed = self.pos_embed
+    else:
+        pos_embed = resample_abs_pos_embed(self.checkpoint_pos_embed, new_size=(h, w),
+                                           old_size=self.checkpoint_grid, num_prefix_tokens=prefix)
+    x = x.view(batch, -1, dim)
+    to_cat = [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+    if self.no_embed_class:
+        x = x + pos_embed
+        return self.pos_drop(torch.cat(to_cat + [x], dim=1) if to_cat else x)
+    x = torch.cat(to_cat + [x], dim=1) if to_cat else x
+    return self.pos_drop(x + pos_embed)
 
 
 def read_checkpoint(path: Path) -> Any:

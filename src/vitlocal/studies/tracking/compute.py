@@ -53,26 +53,29 @@ from .roi import ALIGNED, SAMPLING_RATIO, boxes_on_grid, iter_frames, roi_featur
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-#: Track readers: ``read_tracks(root, split, video)``.
-TRACK_READERS = {"bdd100k": bdd100k.read_tracks, "mot17": mot17.read_tracks}
+#: Datasets the study reads (``read_tracks(root, split, video)`` of each).
+TRACK_DATASETS = ("bdd100k", "mot17")
 #: Table 5 / Fig 12 modes -> feature variant.
 MODES = {"tiled": "clean", "full": "full"}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrackingSettings:
-    """``tracking.gaps``, ``tracking.roi_size``, the similarity (``probes.knn_metric``) and the device."""
+    """``tracking.gaps``, ``tracking.roi_size``, the similarity (``probes.knn_metric``), the device and
+    ``tracking.roi_aligned`` (torchvision's ``aligned``; False as the authors called it)."""
 
     gaps: tuple[int, ...]
     roi_size: int = 7
     metric: str = "dot"
     device: str | None = "auto"
+    aligned: bool = ALIGNED
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrackingSettings:
         tracking = config["tracking"]
         return cls(tuple(int(g) for g in check_gaps(tracking["gaps"])), int(tracking["roi_size"]),
-                   str(config.get("probes", {}).get("knn_metric", "dot")), config.get("device", "auto"))
+                   str(config.get("probes", {}).get("knn_metric", "dot")), config.get("device", "auto"),
+                   bool(tracking.get("roi_aligned", ALIGNED)))
 
 
 @dataclasses.dataclass
@@ -86,10 +89,22 @@ class _Frame:
     category: np.ndarray  #: (N,) codes
 
 
-def _frames(dataset: str, root: PathLike, split: str, manifest: pd.DataFrame) -> dict[str, _Frame]:
-    """sample id -> its frame's kept boxes, from the dataset's own track files."""
-    if dataset not in TRACK_READERS:
-        raise ConfigError(f"tracking reads {sorted(TRACK_READERS)}, not {dataset!r}")
+def _read_tracks(dataset: str, root: PathLike, split: str, video: str, synthetic: bool) -> pd.DataFrame:
+    """The video's track table; real MOT17 is checked against the release's row counts, synthetic is not."""
+    if dataset == "mot17":
+        return mot17.read_tracks(root, split, video, synthetic=synthetic)
+    return bdd100k.read_tracks(root, split, video)
+
+
+def _frames(dataset: str, root: PathLike, split: str, manifest: pd.DataFrame, *,
+            synthetic: bool = False) -> tuple[dict[str, _Frame], list[str]]:
+    """sample id -> its frame's kept boxes, from the dataset's own track files; and the videos with none.
+
+    A video whose boxes are all ignored (crowds, distractors, non-pedestrians)
+    has no query: a counted omission, logged and recorded in the rows.
+    """
+    if dataset not in TRACK_DATASETS:
+        raise ConfigError(f"tracking reads {list(TRACK_DATASETS)}, not {dataset!r}")
     for column in ("sample_id", "video", "frame"):
         if column not in manifest.columns:
             raise ConfigError(f"{dataset} manifest has no {column!r} column (columns: {list(manifest.columns)})")
@@ -97,9 +112,14 @@ def _frames(dataset: str, root: PathLike, split: str, manifest: pd.DataFrame) ->
     out = {s: _Frame(v, f, np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, np.int64))
            for (v, f), s in sample_of.items()}
     categories: dict[str, int] = {}
+    empty = []
     for video in sorted(set(manifest["video"].astype(str))):
-        tracks = TRACK_READERS[dataset](root, split, video)
+        tracks = _read_tracks(dataset, root, split, video, synthetic)
         kept = tracks[~tracks["ignore"].to_numpy(bool)]
+        if len(kept) == 0:
+            log.warning("%s %s: all %d boxes are ignored; the video has no query (omitted)", dataset, video,
+                        len(tracks))
+            empty.append(video)
         numbers = kept["frame"].to_numpy(np.int64)
         _, track = np.unique(kept["track_id"].to_numpy(str), return_inverse=True)
         names, category = np.unique(kept["category"].to_numpy(str), return_inverse=True)
@@ -112,7 +132,7 @@ def _frames(dataset: str, root: PathLike, split: str, manifest: pd.DataFrame) ->
             if sample is None:
                 raise LabelError(f"{dataset} {video}: frame {number} has boxes but is not in the manifest")
             out[sample] = _Frame(video, number, boxes[rows], track[rows].astype(np.int64), category[rows])
-    return out
+    return out, empty
 
 
 def _check_attrs(attrs: Mapping[str, Any], path: PathLike, *, model: str, dataset: str, variant: str) -> None:
@@ -160,7 +180,7 @@ def tracking_counts(
     """
     attrs = read_attrs(features_path)
     _check_attrs(attrs, features_path, model=model, dataset=dataset, variant=variant)
-    frames = _frames(dataset, root, split, manifest)
+    frames, empty = _frames(dataset, root, split, manifest, synthetic=attrs.get("data_source") == "synthetic")
     by_video: dict[str, list[_Frame]] = {}
     for frame in frames.values():
         by_video.setdefault(frame.video, []).append(frame)
@@ -174,7 +194,7 @@ def tracking_counts(
         maps = torch.from_numpy(np.stack([fmap for _, fmap, _ in batch])).to(device)
         boxes = [torch.as_tensor(boxes_on_grid(f.boxes, hw, fmap.shape[1:]), dtype=maps.dtype, device=device)
                  for f, fmap, hw in batch]
-        rois = roi_features(maps, boxes, settings.roi_size)
+        rois = roi_features(maps, boxes, settings.roi_size, aligned=settings.aligned)
         at = 0
         for frame, _, _ in batch:
             video = videos.get(frame.video) or videos.setdefault(
@@ -207,7 +227,12 @@ def tracking_counts(
         if batch:
             pool(batch)
     record = {"videos": len(seconds), "frames": len(frames), "objects": n_objects, "layer": _last_layer(attrs),
-              "seconds_per_video": float(np.mean(seconds)) if seconds else 0.0}
+              "videos_without_objects": len(empty), "seconds_per_video": float(np.mean(seconds)) if seconds else 0.0}
+    if counts.queries.sum() == 0:
+        raise LabelError(
+            f"{dataset} ({len(by_video)} videos, {len(empty)} without kept boxes): no object of any frame is "
+            f"found again at any gap {list(settings.gaps)}; nothing to score ({features_path})"
+        )
     return counts, record
 
 
@@ -226,8 +251,9 @@ def tracking_rows(
     attrs = read_attrs(features_path)
     prov = {**provenance(attrs, probe="none", knn_metric=""), "knn_metric": settings.metric}
     common = {"similarity": settings.metric, "roi_size": settings.roi_size, "sampling_ratio": SAMPLING_RATIO,
-              "aligned": ALIGNED, "average": "frame pairs", "variant": variant,
+              "aligned": settings.aligned, "average": "frame pairs", "variant": variant,
               "frame_size": (attrs.get("tiling") or {}).get("resize_to"), "videos": record["videos"],
+              "videos_without_objects": record["videos_without_objects"],
               "frames": record["frames"], "objects": record["objects"]}
     rows = []
     for what in ("instance", "category"):

@@ -11,7 +11,8 @@ original frame straight to grid units (``x · grid_w / image_w``, per axis) and
 ``spatial_scale = 1``: the same numbers when a tile is the model input (224 px
 tiles, 672x1120 frames), and still right when it is not (demo tiles, a whole
 frame rounded to the patch size). ROIAlign keeps torchvision's defaults
-(``sampling_ratio=-1``: adaptive, ``aligned=False``), as the authors' call did.
+(``sampling_ratio=-1``: adaptive, ``aligned=False``), as the authors' call did;
+``tracking.roi_aligned: true`` shifts the sampling grid by half a patch instead.
 
 Feature files are read as a stream of record batches, and a frame is built as
 soon as all of its patches have arrived, wherever they sit in the file: the
@@ -34,7 +35,7 @@ from torchvision.ops import roi_align
 from vitlocal.errors import ConfigError, CorruptFileError
 from vitlocal.features.store import blob_rows, layer_column, read_attrs
 
-#: torchvision's defaults, recorded in every row's settings.
+#: torchvision's defaults, recorded in every row's settings (``ALIGNED``: the default of ``tracking.roi_aligned``).
 SAMPLING_RATIO = -1
 ALIGNED = False
 META = ("sample_id", "tile_id", "patch_row", "patch_col", "image_h", "image_w")
@@ -93,7 +94,7 @@ def boxes_on_grid(boxes: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[i
     return boxes * np.array([sx, sy, sx, sy])
 
 
-def roi_features(maps: torch.Tensor, grid_boxes, roi_size: int) -> torch.Tensor:
+def roi_features(maps: torch.Tensor, grid_boxes, roi_size: int, *, aligned: bool = ALIGNED) -> torch.Tensor:
     """``(N, C · roi_size²)`` ROIAlign features of boxes given in grid units.
 
     ``maps``: one ``(C, H, W)`` map with ``grid_boxes`` ``(N, 4)``, or a batch
@@ -106,7 +107,7 @@ def roi_features(maps: torch.Tensor, grid_boxes, roi_size: int) -> torch.Tensor:
     if sum(len(b) for b in boxes) == 0:
         return maps.new_zeros((0, maps.shape[1] * roi_size * roi_size))
     pooled = roi_align(maps, boxes, output_size=roi_size, spatial_scale=1.0,
-                       sampling_ratio=SAMPLING_RATIO, aligned=ALIGNED)
+                       sampling_ratio=SAMPLING_RATIO, aligned=aligned)
     return pooled.flatten(1)
 
 
