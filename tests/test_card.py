@@ -125,6 +125,7 @@ def test_variance_share_of_planted_dims():
     rng = np.random.default_rng(2)
     x = rng.normal(0, 1, (3000, 40))
     x[:, 7] *= 10.0  # variance 100 among 39 of variance 1
+    x += rng.normal(0, 3, 40)  # means far from 0: a second moment is no variance
     image = np.repeat(np.arange(10), 300)
     sums = variance_stats(x, image, 10).sum(axis=0)
     expected = np.sort(x.var(axis=0))[::-1]

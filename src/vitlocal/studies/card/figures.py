@@ -58,7 +58,7 @@ def draw_card(model: str, entries: pd.DataFrame, subtitle: str):
         _interval(ax, y, sel, model_colour(model), 0.15, 5, model_label(model))
         ax.set_yticks(y, names)
         ax.set_xlabel("mIoU" if section == "post-processors" else "share / R²")
-        ax.set_title(f"{section} (95 % bootstrap interval over val images)", fontsize=9)
+        ax.set_title(f"{section}, 95 % CI over val images", fontsize=8)
     ax = fig.add_subplot(grid[0:2, 1])
     for ref in refs["model"].unique():
         layers = refs[(refs["model"] == ref) & (refs["section"] == "layers")]
@@ -69,18 +69,27 @@ def draw_card(model: str, entries: pd.DataFrame, subtitle: str):
     ax.plot([], [], color=GREY, lw=1, label="other carded models")
     ax.set_xlabel("layer")
     ax.set_ylabel("k-NN mIoU (Cityscapes val)")
-    ax.set_title("k-NN mIoU per layer (Fig 2 protocol; no interval)", fontsize=9)
+    ax.set_title("k-NN mIoU per layer (Fig 2)", fontsize=8)
     ax.legend(fontsize=8)
     text = fig.add_subplot(grid[2, :])
     text.axis("off")
     lines = [f"{model_label(model)}: local-feature card   {subtitle}", ""]
     for r in mine[~mine["section"].isin(["layers"])].to_dict("records"):
-        ci = f" [{r['lo']:.3f}, {r['hi']:.3f}]" if np.isfinite(r["lo"]) else " (no interval: aggregate CSV)"
-        lines.append(f"{r['section']:>15} | {r['name']:<32} {r['value']:.3f}{ci}")
+        lines.append(f"{r['section']:>15} | {r['name']:<32} {_shown(r)}")
     lines += ["", "Definitions:"]
     lines += [f"  {d}" for d in dict.fromkeys(mine["definition"])]
     text.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=5.5, transform=text.transAxes)
     return fig
+
+
+def _shown(entry) -> str:
+    """A card line's number: with its interval, or why it has none."""
+    if not np.isfinite(entry["value"]):
+        return "undefined (no unit to count: e.g. no high-norm token)"
+    value = f"{int(entry['value'])}" if entry["name"] == "best k-NN layer" else f"{entry['value']:.3f}"
+    if entry["source"] != "card":
+        return f"{value} (read from the {entry['source']} CSV: no per-image statistics, no interval)"
+    return f"{value} [{entry['lo']:.3f}, {entry['hi']:.3f}]"
 
 
 def card(rows: pd.DataFrame, model: str, models: Sequence[str], out_pdf, out_png, out_json, out_csv) -> pd.DataFrame:
