@@ -131,3 +131,31 @@ def test_factory_model_goes_through_extraction_a_knn_experiment_and_the_card(ext
     record = json.loads(out["json"].read_text())
     assert record["model"] == "tiny_reg4" and record["demo"]
     assert "best k-NN layer" in set(shown["name"]) and len(pd.read_csv(out["csv"])) == len(shown)
+
+
+def _cached_repo(cache, repo: str, config: dict) -> None:
+    """A Hugging Face cache entry as huggingface_hub lays it out: refs/main -> snapshots/<rev>/config.json."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    snapshot = folder / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps(config))
+
+
+def test_hf_hub_name_resolves_from_the_local_cache_only(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    _cached_repo(tmp_path, "someone/tiny-vit", {
+        "architecture": "vit_tiny_patch16_224", "num_classes": 0,
+        "model_args": {"img_size": 48, "embed_dim": 48, "depth": 2, "num_heads": 3, "reg_tokens": 4},
+        "pretrained_cfg": {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]},
+    })
+    spec = resolve("hubvit", {"arch": "hf-hub:someone/tiny-vit"})
+    assert (spec.arch, spec.hf_hub_id, spec.weights, spec.filename) == (
+        "vit_tiny_patch16_224", "someone/tiny-vit", "timm", "model.safetensors")
+    assert (spec.input_size, spec.depth, spec.embed_dim, spec.num_prefix_tokens) == (48, 2, 48, 5)
+    assert spec.mean == (0.1, 0.2, 0.3) and spec.model_kwargs["num_classes"] == 0
+    with pytest.raises(ConfigError, match="no config.json in the local Hugging Face cache"):
+        resolve("missing", {"arch": "hf-hub:someone/not-cached"})

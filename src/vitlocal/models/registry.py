@@ -360,6 +360,10 @@ def resolve(key: str, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
         from vitlocal.models.factory import resolve_factory
 
         return resolve_factory(key, overrides)
+    if overrides and str(overrides.get("arch", "")).startswith("hf-hub:"):  # timm hub name: its cached config.json
+        from vitlocal.models.hub import hub_overrides
+
+        overrides = hub_overrides(key, overrides)
     values = _normalise_overrides(key, overrides)
     base = MODELS.get(key)
     if base is None and "arch" not in values:
