@@ -28,6 +28,7 @@ rule card:
     params:
         model=lambda wildcards: wildcards.model,
         models=CARD_MODELS,
+        main_train_set=MAIN_TRAIN,
     log:
         f"{LOGS}/cards/{{model}}.log",
     conda:

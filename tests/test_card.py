@@ -185,3 +185,36 @@ def test_comparison_ranks_one_row_per_model():
     assert list(table["model"]) == ["a", "b"]
     assert list(table["k-NN mIoU rank"]) == [2, 1]
     assert list(table["high-norm share rank"]) == [1, 2]  # fewer high-norm tokens ranks first
+
+
+def test_card_reads_the_other_studies_rows_by_their_protocol():
+    """Best layer, strongest degradation over clean, Fig 6 retrieval shares, tracking at delta 1 and averaged."""
+    from vitlocal.studies.card.summary import card_entries
+
+    def row(experiment, probe, level, cls, metric, value, layer=None):
+        return {"experiment": experiment, "model": "m", "probe": probe, "level": level, "class": cls,
+                "metric": metric, "value": value, "layer": layer, "lo": "", "hi": "", "n_units": ""}
+
+    rows = [row("card", "knn", "raw", "mean", "miou", 0.5, 12) | {"lo": 0.4, "hi": 0.6, "n_units": 30}]
+    rows += [row("layerwise", "knn", "", "mean", "miou", v, layer) for layer, v in ((3, 0.2), (6, 0.6), (12, 0.5))]
+    rows += [row("layerwise", "knn", "", "road", "iou", 0.99, 3)]  # a class row, not the mean
+    rows += [row("degradation_blur", "knn", level, "mean", "miou", v)
+             for level, v in (("blur-0", 0.5), ("blur-2", 0.45), ("blur-8", 0.25))]
+    rows += [row("degradation_blur", "linear", "blur-8", "mean", "miou", 0.1)]  # the card reads k-NN only
+    rows += [row("fair1m_retrieval", "none", "rotate-10", "same_patch", "share", 0.7),
+             row("fair1m_retrieval", "none", "rotate-10", "same_patch", "count", 70.0),
+             row("fair1m_retrieval", "none", "scale-0.8", "same_fine", "share", 0.2)]
+    rows += [row("tracking", "none", f"delta={d}", "all", "acc_same_instance", v) for d, v in ((1, 0.9), (5, 0.5))]
+    rows += [row("tracking", "none", "delta=1", "all", "acc_same_category", 0.95)]
+    rows += [row("train_size", "linear", name, "mean", "miou", v, 12) for name, v in (("set2", 0.3), ("set4", 0.55))]
+    entries = card_entries("m", pd.DataFrame(rows), main_train_set="set4").set_index("name")
+    assert entries.loc["Cityscapes linear", "value"] == 0.55  # the main train set's, not another size
+    assert entries.loc["best k-NN layer", "value"] == 6
+    assert entries.loc["blur (blur-8) / clean", "value"] == pytest.approx(0.5)
+    assert entries.loc["same_patch at rotate-10", "value"] == 0.7
+    assert entries.loc["same_fine at scale-0.8", "value"] == 0.2
+    assert entries.loc["same instance, delta 1", "value"] == 0.9
+    assert entries.loc["same instance, mean over delta", "value"] == pytest.approx(0.7)
+    raw = entries.loc["k-NN, raw"]
+    assert (raw["lo"], raw["hi"], raw["source"]) == (0.4, 0.6, "card")
+    assert np.isnan(entries.loc["best k-NN layer", "lo"])  # read numbers carry no interval

@@ -17,6 +17,7 @@ from ..base import Experiment, Output, Study
 #: Experiments a card may read (``card.reads``) -> the datasets they need.
 READABLE = {
     "layerwise": ("cityscapes",),
+    "train_size": ("cityscapes",),
     "degradation": ("cityscapes",),
     "ade20k": ("ade20k",),
     "fair1m_retrieval": ("fair1m",),

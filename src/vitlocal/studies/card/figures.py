@@ -31,8 +31,8 @@ TABLE = {
 LOWER_IS_BETTER = {"high-norm share"}
 
 
-def all_entries(rows: pd.DataFrame, models: Sequence[str]) -> pd.DataFrame:
-    return pd.concat([card_entries(m, rows) for m in models], ignore_index=True)
+def all_entries(rows: pd.DataFrame, models: Sequence[str], main_train_set: str = "set4") -> pd.DataFrame:
+    return pd.concat([card_entries(m, rows, main_train_set) for m in models], ignore_index=True)
 
 
 def _interval(ax, y, entries: pd.DataFrame, colour: str, offset: float, size: float, label: str | None):
@@ -92,9 +92,10 @@ def _shown(entry) -> str:
     return f"{value} [{entry['lo']:.3f}, {entry['hi']:.3f}]"
 
 
-def card(rows: pd.DataFrame, model: str, models: Sequence[str], out_pdf, out_png, out_json, out_csv) -> pd.DataFrame:
+def card(rows: pd.DataFrame, model: str, models: Sequence[str], out_pdf, out_png, out_json, out_csv,
+         main_train_set: str = "set4") -> pd.DataFrame:
     """Write ``model``'s card (``models``: every carded model, the others drawn in grey)."""
-    entries = all_entries(rows, list(dict.fromkeys([model, *models])))
+    entries = all_entries(rows, list(dict.fromkeys([model, *models])), main_train_set)
     mine = entries[entries["model"] == model]
     own = rows[(rows["model"] == model) & (rows["experiment"] == "card")]
     subtitle = f"preset {', '.join(sorted(set(own['preset'])))}; weights {', '.join(sorted(set(own['weights'])))}"
@@ -155,11 +156,13 @@ def _cell(value: float, lo: float, hi: float, rank) -> str:
     return f"{value:.3f}{ci} ({rank})"
 
 
-def write_card_files(paths: Sequence[str], model: str, models: Sequence[str], out: dict) -> pd.DataFrame:
+def write_card_files(paths: Sequence[str], model: str, models: Sequence[str], out: dict,
+                     main_train_set: str = "set4") -> pd.DataFrame:
     """What the ``card`` rule calls: the CSVs of every carded model -> ``model``'s card files."""
     from ...experiments.runner import concat_results
 
-    return card(concat_results(list(paths)), model, models, out["pdf"], out["png"], out["json"], out["csv"])
+    return card(concat_results(list(paths)), model, models, out["pdf"], out["png"], out["json"], out["csv"],
+                main_train_set)
 
 
 def write_table_files(paths: Sequence[str], models: Sequence[str], out: dict) -> pd.DataFrame:

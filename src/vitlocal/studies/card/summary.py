@@ -26,6 +26,7 @@ DEFINITIONS = {
     "position_r2": "R² of a ridge regression from patch feature to its grid (row, col), fit on train, scored on val tiles.",
     "layerwise_best": "Layer of highest k-NN mIoU on the val images (a description: nothing is selected with it).",
     "layerwise": "k-NN mIoU at this layer (Fig 2 protocol).",
+    "train_size": "mIoU on Cityscapes val at the last layer, main train set (Fig 1 protocol).",
     "ade20k": "mIoU on ADE20K val at the last layer (Table 2 protocol).",
     "degradation": "mIoU at the strongest configured level divided by the clean mIoU (Fig 3 protocol).",
     "retrieval": "Share of FAIR1M query patches whose nearest gallery patch is the same patch / same fine class (Fig 6).",
@@ -62,8 +63,13 @@ def _own(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def _read(rows: pd.DataFrame) -> list[dict[str, Any]]:
+def _read(rows: pd.DataFrame, main_train_set: str) -> list[dict[str, Any]]:
     out = []
+    for probe in ("knn", "linear"):
+        sel = _mean_miou(rows, experiment="train_size", probe=probe, level=main_train_set)
+        if len(sel):
+            out.append(_entry("segmentation", f"Cityscapes {probe}", sel["value"].iloc[-1], "train_size",
+                              DEFINITIONS["train_size"]))
     layerwise = _mean_miou(rows, experiment="layerwise", probe="knn").dropna(subset=["layer"])
     if len(layerwise):
         best = layerwise.loc[layerwise["value"].idxmax()]
@@ -103,13 +109,13 @@ def _read(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def card_entries(model: str, rows: pd.DataFrame) -> pd.DataFrame:
+def card_entries(model: str, rows: pd.DataFrame, main_train_set: str = "set4") -> pd.DataFrame:
     """Every entry of ``model``'s card from the concatenated rows of its CSVs."""
     mine = rows[rows["model"] == model].copy()
     for column in ("lo", "hi"):  # text in CSVs read back by concat_results; absent from other studies' rows
         mine[column] = pd.to_numeric(mine[column], errors="coerce") if column in mine else np.nan
     if not (mine["experiment"] == "card").any():
         raise ValueError(f"no 'card' experiment rows for model {model!r}")
-    table = pd.DataFrame(_own(mine) + _read(mine))
+    table = pd.DataFrame(_own(mine) + _read(mine, main_train_set))
     return table.assign(model=model)[["model", "section", "name", "value", "lo", "hi", "n_units", "source",
                                       "definition"]]
