@@ -20,7 +20,7 @@ DEFINITIONS = {
     "bn": "k-NN mIoU on BatchNorm-standardised features (training mean and variance).",
     "variance_share_top10": "Share of the summed per-dimension variance of val patch features in the 10 largest.",
     "variance_share_top200": "Share of the summed per-dimension variance of val patch features in the 200 largest.",
-    "high_norm_share": "Share of val patch tokens whose norm exceeds Q3 + 3 IQR of the training token norms.",
+    "high_norm_share": "Share of val patch tokens (last layer, after the final norm) with norm > Q3 + 3 IQR of train norms.",
     "high_norm_on_background": "Share of the labelled high-norm tokens on background (flat, construction, nature, sky).",
     "background_share": "Share of all labelled val patches on background: the rate if high-norm tokens sat anywhere.",
     "position_r2": "R² of a ridge regression from patch feature to its grid (row, col), fit on train, scored on val tiles.",
