@@ -328,11 +328,11 @@ def _variance_removal(work, inputs, model, units):
 
 
 def _card(work, inputs, model, units):
-    """The card's 1-NN searches: raw, each top-m removal, BatchNorm-standardised (bootstrap and ridge: seconds)."""
+    """The card's 1-NN searches (raw, each top-m removal, BatchNorm) and one linear probe; bootstrap, ridge: seconds."""
     dim = work.shape(inputs["train"]).dim
     for m in sorted({0, *(m for m in work.config["variance"]["removed_dims"] if 0 < m < dim)}):
         _seg(work, inputs["train"], inputs["val"], units, dim - m, linear=False)
-    _seg(work, inputs["train"], inputs["val"], units, linear=False)
+    _seg(work, inputs["train"], inputs["val"], units)  # BatchNorm k-NN, and the raw linear probe
 
 
 def _retrieval(work, inputs, model, units, removed: bool | None = None):

@@ -120,6 +120,8 @@ def test_factory_model_goes_through_extraction_a_knn_experiment_and_the_card(ext
     assert raw["value"] == pytest.approx(miou.loc[miou["layer"] == 4, "value"].iloc[0])  # the same probe, same layer
     assert raw["lo"] <= raw["value"] <= raw["hi"] or np.isclose(raw["lo"], raw["hi"])
     assert set(card["metric"]) >= {"miou", "variance_share_top10", "high_norm_share", "position_r2"}
+    linear = card[card["probe"] == "linear"].iloc[0]
+    assert linear["level"] == "raw" and linear["lo"] <= linear["hi"]
     tmp = extracted["tmp"]
     for name, rows in (("layerwise", knn), ("card", card)):
         rows.to_csv(tmp / f"{name}.csv", index=False)

@@ -3,6 +3,7 @@
 Each number is a statistic of per-image sums (``bootstrap``), so its 95 %
 interval over the evaluation images costs no probe rerun:
 
+- linear-probe mIoU of the raw features (the probing study's probe and schedule);
 - k-NN mIoU of the raw features, with the top-m variance dimensions removed
   (ranked on the training patches, for each configured m) and on BatchNorm-
   standardised features (training mean and variance): per-image confusion
@@ -38,8 +39,10 @@ from vitlocal.experiments.segmentation import (
     _image_histogram,
     _patch_positions,
     check_compatible,
+    fit_linear,
     knn_predictions,
     labelled,
+    linear_predictions,
     load_split,
     patch_grid,
     provenance,
@@ -223,6 +226,11 @@ def card_rows(
         interval = bootstrap(confusions, miou_of, **boot)
         add("knn", level, "miou", interval, {**probes.knn_record(len(tr.labels)), **extra}, cls="mean")
         log.info("%s k-NN %s: mIoU %.3f [%.3f, %.3f]", model, level, interval.value, interval.lo, interval.hi)
+
+    probe, settings = fit_linear(train, model, target, probes)  # BatchNorm first for probes.batchnorm_models
+    interval = bootstrap(per_image_confusions(val, linear_predictions(probe, val), target), miou_of, **boot)
+    add("linear", "raw", "miou", interval, settings, cls="mean")
+    log.info("%s linear raw: mIoU %.3f [%.3f, %.3f]", model, interval.value, interval.lo, interval.hi)
 
     stats = variance_stats(val.x, image, n_images)
     for k in TOP_DIMS:

@@ -24,6 +24,7 @@ GREY = "#9a9a9a"
 TABLE = {
     ("post-processors", "k-NN, raw"): "k-NN mIoU",
     ("post-processors", "k-NN, BatchNorm-standardised"): "k-NN BN",
+    ("post-processors", "linear, raw"): "linear mIoU",
     ("diagnostics", "position_r2"): "position R2",
     ("diagnostics", "high_norm_share"): "high-norm share",
 }

@@ -16,6 +16,7 @@ import pandas as pd
 
 DEFINITIONS = {
     "knn_miou": "k-NN mIoU on Cityscapes val at the last layer (k, similarity and gallery as the probing study).",
+    "linear_miou": "Linear-probe mIoU on Cityscapes val at the last layer (the probing study's probe and schedule).",
     "top_removed": "k-NN mIoU after removing the top-m variance dimensions, ranked on the training patches.",
     "bn": "k-NN mIoU on BatchNorm-standardised features (training mean and variance).",
     "variance_share_top10": "Share of the summed per-dimension variance of val patch features in the 10 largest.",
@@ -50,7 +51,9 @@ def _mean_miou(rows: pd.DataFrame, **match: str) -> pd.DataFrame:
 def _own(rows: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for r in rows[rows["experiment"] == "card"].to_dict("records"):
-        if r["probe"] == "knn":
+        if r["probe"] == "linear":
+            name, key, section = "linear, raw", "linear_miou", "post-processors"
+        elif r["probe"] == "knn":
             level = str(r["level"])
             m = re.fullmatch(r"top(\d+)_removed", level)
             name, key = ((f"k-NN, top-{m.group(1)} removed", "top_removed") if m else
