@@ -161,3 +161,10 @@ def test_hf_hub_name_resolves_from_the_local_cache_only(tmp_path, monkeypatch):
     assert spec.mean == (0.1, 0.2, 0.3) and spec.model_kwargs["num_classes"] == 0
     with pytest.raises(ConfigError, match="no config.json in the local Hugging Face cache"):
         resolve("missing", {"arch": "hf-hub:someone/not-cached"})
+
+
+def test_a_wrong_prefix_count_is_an_error_naming_it_not_shifted_tokens():
+    """timm path, 5 prefix tokens declared as 1: four registers would pass as patches of a 13-token 'grid'."""
+    extractor = build_extractor(resolve("t", {**TIMM_REG, "prefix_tokens": 1}), "unused")
+    with pytest.raises(ConfigError, match="prefix_tokens"):
+        extractor.forward_layers(torch.zeros(1, 3, 48, 48), [4])
