@@ -218,3 +218,12 @@ def test_card_reads_the_other_studies_rows_by_their_protocol():
     raw = entries.loc["k-NN, raw"]
     assert (raw["lo"], raw["hi"], raw["source"]) == (0.4, 0.6, "card")
     assert np.isnan(entries.loc["best k-NN layer", "lo"])  # read numbers carry no interval
+
+
+def test_published_layer_curves_are_the_papers_fig2_means():
+    from vitlocal.studies.card.figures import published_layers
+
+    curves = published_layers(["dino", "tiny_reg4"])
+    assert set(curves["model"]) == {"dino"}  # a user model has no published number
+    assert sorted(curves["layer"]) == list(range(1, 13))
+    assert curves["published"].between(0, 1).all()

@@ -43,8 +43,21 @@ def _interval(ax, y, entries: pd.DataFrame, colour: str, offset: float, size: fl
     ax.errorbar(values, y + offset, xerr=err, fmt="o", ms=size, color=colour, capsize=2, lw=1, label=label)
 
 
-def draw_card(model: str, entries: pd.DataFrame, subtitle: str):
-    """Left: post-processors and diagnostics with intervals; right: the layer curve and the read numbers."""
+def published_layers(models: Sequence[str]) -> pd.DataFrame:
+    """The paper's k-NN mIoU per layer (Fig 2) of those ``models`` it reports: ``model, layer, published``."""
+    from ...published import load_published, to_our_keys
+
+    p = to_our_keys(load_published())
+    keep = ((p["experiment"] == "layerwise") & (p["probe"] == "knn") & (p["metric"] == "miou")
+            & (p["class"] == "mean") & p["model"].isin(list(models)))
+    return p.loc[keep, ["model", "layer", "published"]].sort_values(["model", "layer"]).reset_index(drop=True)
+
+
+def draw_card(model: str, entries: pd.DataFrame, subtitle: str, published: pd.DataFrame | None = None):
+    """Left: post-processors and diagnostics with intervals; right: the layer curve and the read numbers.
+
+    ``published``: the paper's layer curves (dotted), drawn only beside real (not demo) numbers.
+    """
     fig = new_figure(8.3, 10.5)
     grid = fig.add_gridspec(3, 2, height_ratios=[1.1, 1.1, 1.3])
     mine, refs = entries[entries["model"] == model], entries[entries["model"] != model]
@@ -68,6 +81,11 @@ def draw_card(model: str, entries: pd.DataFrame, subtitle: str):
     ax.plot([int(n.split()[1]) for n in layers["name"]], layers["value"], color=model_colour(model), lw=2, marker="o",
             label=model_label(model))
     ax.plot([], [], color=GREY, lw=1, label="other carded models")
+    if published is not None and len(published):
+        for name, curve in published.groupby("model"):
+            ax.plot(curve["layer"], curve["published"], ls=":", marker="x", lw=1,
+                    color=model_colour(model) if name == model else GREY)
+        ax.plot([], [], color=GREY, ls=":", marker="x", lw=1, label="published (paper)")
     ax.set_xlabel("layer")
     ax.set_ylabel("k-NN mIoU (Cityscapes val)")
     ax.set_title("k-NN mIoU per layer (Fig 2)", fontsize=8)
@@ -100,13 +118,15 @@ def card(rows: pd.DataFrame, model: str, models: Sequence[str], out_pdf, out_png
     mine = entries[entries["model"] == model]
     own = rows[(rows["model"] == model) & (rows["experiment"] == "card")]
     subtitle = f"preset {', '.join(sorted(set(own['preset'])))}; weights {', '.join(sorted(set(own['weights'])))}"
-    fig = draw_card(model, entries, subtitle)
     subject = demo_subject_of(own)
+    published = None if subject else published_layers(entries["model"].unique())
+    fig = draw_card(model, entries, subtitle, published)
     save_figure(fig, out_pdf, out_png, demo=subject is not None, demo_subject=subject)
     write_csv(mine, out_csv)
     record = {"model": model, "subtitle": subtitle, "demo": subject,
               "entries": json.loads(mine.to_json(orient="records")),
-              "references": sorted(set(entries["model"]) - {model})}
+              "references": sorted(set(entries["model"]) - {model}),
+              "published_layerwise": [] if published is None else json.loads(published.to_json(orient="records"))}
     write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", out_json)
     return mine
 
