@@ -28,6 +28,7 @@ include: "rules/retrieval.smk"
 include: "rules/scene.smk"
 include: "rules/dvt.smk"
 include: "rules/tracking.smk"
+include: "rules/card.smk"
 include: "rules/report.smk"
 
 

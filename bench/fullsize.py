@@ -327,6 +327,14 @@ def _variance_removal(work, inputs, model, units):
     _seg(work, inputs["train"], inputs["val"], units, linear=False)  # k-NN on BatchNorm-standardised features
 
 
+def _card(work, inputs, model, units):
+    """The card's 1-NN searches (raw, each top-m removal, BatchNorm) and one linear probe; bootstrap, ridge: seconds."""
+    dim = work.shape(inputs["train"]).dim
+    for m in sorted({0, *(m for m in work.config["variance"]["removed_dims"] if 0 < m < dim)}):
+        _seg(work, inputs["train"], inputs["val"], units, dim - m, linear=False)
+    _seg(work, inputs["train"], inputs["val"], units)  # BatchNorm k-NN, and the raw linear probe
+
+
 def _retrieval(work, inputs, model, units, removed: bool | None = None):
     gallery = work.shape(inputs["gallery"])
     queries = sum(FAIR1M_OBJECT_PATCHES_196 * work.shape(p).patches_per_tile / 196 for p in inputs["queries"].values())
@@ -394,6 +402,7 @@ PLANNERS: dict[str, Callable[..., None]] = {
     "degradation": _degradation,
     "ade20k": _pair,
     "variance_removal": _variance_removal,
+    "card": _card,
     "fair1m_retrieval": _retrieval,
     "scene_knn": _scene_knn,
     "reconstruction": _reconstruction,

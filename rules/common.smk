@@ -102,7 +102,7 @@ def model_overrides(key):
 def weights_file(key):
     """The checkpoint a model needs, or None for seeded random weights."""
     spec = MODEL_SPECS[key]
-    return None if spec.weights == "random" else str(weights_path(spec, WEIGHTS_DIR))
+    return None if spec.weights in ("random", "factory") else str(weights_path(spec, WEIGHTS_DIR))
 
 
 def weights_files():

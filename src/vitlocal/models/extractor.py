@@ -36,6 +36,10 @@ def build_model(spec: ModelSpec, weights_dir: str | Path, *, dynamic_img_size: b
     grid (DINOv2: 37x37) is kept beside the model and every other grid is
     resampled from it, once.
     """
+    if spec.factory:  # a user's module (models/factory.py): it loads its own weights
+        from vitlocal.models.factory import call_factory
+
+        return call_factory(spec, dynamic_img_size=dynamic_img_size)
     register_custom_archs()
     kwargs = dict(spec.model_kwargs)
     if dynamic_img_size:
@@ -263,4 +267,8 @@ def build_extractor(
 ) -> FeatureExtractor:
     """Ready-to-use extractor (eval mode, on ``device``) for ``spec``; never downloads."""
     model = build_model(spec, weights_dir, dynamic_img_size=dynamic_img_size)
+    if spec.factory:
+        from vitlocal.models.factory import FactoryExtractor
+
+        return FactoryExtractor(model, spec, dynamic_img_size=dynamic_img_size).to(device).eval()
     return FeatureExtractor(model, spec).to(device).eval()

@@ -27,7 +27,7 @@ from vitlocal.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-WEIGHT_SOURCES = ("timm", "url", "random")
+WEIGHT_SOURCES = ("timm", "url", "random", "factory")
 CHECKPOINT_FORMATS = ("timm", "simmim", "ibot", "scalemae", "mae_decoder")
 HUB_FILENAME = "model.safetensors"
 #: Facts about the architecture: derived from it, an override may only agree.
@@ -66,6 +66,8 @@ class ModelSpec:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     description: str = ""
+    #: ``"pkg.module:callable"`` building the model (``weights="factory"``); see ``models/factory.py``.
+    factory: str | None = None
 
     def __post_init__(self) -> None:
         _set = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -117,6 +119,8 @@ class ModelSpec:
         """Short provenance string: which weights produced a feature file."""
         if self.weights == "random":
             return f"random(seed={self.seed})"
+        if self.weights == "factory":
+            return f"factory:{self.factory}(seed={self.seed})"
         if self.weights == "timm":
             return f"timm:{self.pretrained_tag}" + (f"@{self.revision}" if self.revision else "")
         return f"url:{self.filename}" + (f"#sha256={self.sha256[:12]}" if self.sha256 else "")
@@ -352,6 +356,14 @@ def resolve(key: str, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
     normalisation; a new weights source re-derives ``hf_hub_id`` and
     ``filename``; fields given explicitly always win.
     """
+    if overrides and "factory" in overrides:  # a user's own module: no timm arch to read facts off
+        from vitlocal.models.factory import resolve_factory
+
+        return resolve_factory(key, overrides)
+    if overrides and str(overrides.get("arch", "")).startswith("hf-hub:"):  # timm hub name: its cached config.json
+        from vitlocal.models.hub import hub_overrides
+
+        overrides = hub_overrides(key, overrides)
     values = _normalise_overrides(key, overrides)
     base = MODELS.get(key)
     if base is None and "arch" not in values:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Experiment, ExperimentJob, Output, Study
+from .card import STUDY as _card
 from .dvt import STUDY as _dvt
 from .probing import STUDY as _probing
 from .retrieval import STUDY as _retrieval
@@ -17,7 +18,7 @@ from .scene import STUDY as _scene
 from .tracking import STUDY as _tracking
 from .variance import STUDY as _variance
 
-STUDIES: dict[str, Study] = {s.name: s for s in (_probing, _variance, _retrieval, _scene, _dvt, _tracking)}
+STUDIES: dict[str, Study] = {s.name: s for s in (_probing, _variance, _retrieval, _scene, _dvt, _tracking, _card)}
 
 EXPERIMENTS: dict[str, Experiment] = {}
 OUTPUTS: dict[str, Output] = {}
