@@ -1,4 +1,4 @@
-"""DVT fitting against the authors' protocol: planted F + G at ViT-B width, batched = one at a time, planted bugs.
+"""DVT fitting against the authors' protocol: batched = alone, planted bugs, planted F + G at C = 768 (slowest, last).
 
 Protocol sources: ``main_img_denoising.py`` (Adam, GradScaler, schedule),
 ``dvt/models/offline_denoiser.py`` (losses, ``h`` detached, ``G`` frozen),
@@ -38,93 +38,6 @@ from vitlocal.errors import ConfigError
 
 def _cos(a, b):
     return float((np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).mean())
-
-
-# --------------------------------------------------------------------------- planted F + G, ViT-B width
-
-SIZE, PATCH, DIM = 224, 16, 768  # a 224-px tile (ADE20K's tiles; Cityscapes' are 256), ViT-B/16: 14 x 14 tokens
-GRID = SIZE // PATCH
-
-
-class Planted:
-    """Features = F(image position of the patch) + G(input position) + noise, at C = 768.
-
-    The tile's red and green channels are its own pixel x and y, so a patch's
-    mean colour *is* its centre in the tile: every crop, resize and flip of
-    the real view sampling moves F with it, while G stays tied to the token.
-    """
-
-    def __init__(self) -> None:
-        ramp = (np.arange(SIZE) + 0.5) / SIZE
-        self.image = np.zeros((SIZE, SIZE, 3), np.uint8)
-        self.image[..., 0] = np.round(ramp[None, :] * 255)
-        self.image[..., 1] = np.round(ramp[:, None] * 255)
-        self.gen = torch.Generator().manual_seed(0)
-        self.omega = torch.randn(2, 64, generator=self.gen) * 3.0  # ~3 cycles across the tile
-        self.phase = torch.rand(64, generator=self.gen) * 2 * np.pi
-        self.mix = torch.randn(64, DIM, generator=self.gen) / 8
-        artifact = torch.randn(GRID * GRID, DIM, generator=self.gen)
-        self.artifact = 0.7 * (artifact - artifact.mean(0))
-
-    def content(self, x: torch.Tensor) -> torch.Tensor:
-        xy = F.avg_pool2d(x[:, :2], PATCH).flatten(2).transpose(1, 2)
-        return torch.sin(2 * np.pi * xy @ self.omega + self.phase) @ self.mix
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.content(x) + self.artifact + 0.05 * torch.randn(x.shape[0], GRID * GRID, DIM, generator=self.gen)
-
-    def recovery(self, settings: Stage1Settings) -> tuple[float, float, float]:
-        """Cosine of the fitted F (with G's mean, the decomposition's free constant) and centred G to the truth."""
-        result = denoise_image(self.image, self.encode, mean=(0, 0, 0), std=(1, 1, 1), input_size=SIZE,
-                               grid=(GRID, GRID), settings=settings, seed=0)
-        full = torch.from_numpy(render_view(self.image, Box(0, 0, SIZE, SIZE), (0, 0, 0), (1, 1, 1), SIZE))[None]
-        truth = self.content(full)[0].numpy()
-        est_f, est_g = result.denoised.reshape(-1, DIM), result.artifact.reshape(-1, DIM)
-        assert _cos(result.raw.reshape(-1, DIM), truth) < 0.75  # the artifact really corrupts the raw map
-        return (_cos(est_f + est_g.mean(0), truth), _cos(est_g - est_g.mean(0), self.artifact.numpy()),
-                result.seconds_fit / settings.steps)
-
-
-#: Short enough for CI: ~11 s of one core (the paper: 768 views, 2,048 tokens, 20k steps).
-SHORT = dict(views=32, steps=150, tokens_per_step=256)
-
-
-def test_planted_recovery_at_vit_b_width_beats_the_old_defaults():
-    """The authors' effective weight decay (1e-5 / 1024) and field MLP (128 -> C/2 -> C) recover F better.
-
-    Same run on the old defaults (weight decay 1e-5, an extra 128-wide
-    hidden layer): F 0.738, G 0.974; these defaults: F 0.944, G 0.964.
-    """
-    torch.set_num_threads(1)
-    f_cos, g_cos, _ = Planted().recovery(Stage1Settings(**SHORT, max_resolution=SIZE))
-    assert f_cos >= 0.92
-    assert g_cos >= 0.93
-
-
-@pytest.mark.slow
-def test_auto_resolution_keeps_recovery_and_cuts_the_step_cost():
-    """Levels up to one cell per tile pixel (224) recover as the paper's 1024 levels do (within 0.01 cosine), for
-    less per step. ~50 s of one core, hence slow."""
-    torch.set_num_threads(1)
-    planted = Planted()
-    f_paper, g_paper, step_paper = planted.recovery(Stage1Settings(**SHORT, max_resolution=1024))
-    f_auto, g_auto, step_auto = planted.recovery(Stage1Settings(**SHORT, max_resolution="auto"))
-    # measured (loaded 2-core CPU): 1024 levels F 0.928, G 0.968, 1.71 s a step; auto F 0.944, G 0.964, ~0.3 s
-    assert f_auto >= f_paper - 0.01 and g_auto >= g_paper - 0.01
-    assert step_auto < 0.7 * step_paper
-
-
-def test_max_resolution_rule():
-    """auto: the tile's longer side in pixels; levels geometric from the base (instant-NGP's per-level scale)."""
-    paper = Stage1Settings(max_resolution=1024).resolutions((224, 224))
-    assert paper[0] == 16 and paper[-1] == 1024 and len(paper) == 16
-    assert paper[1] == round(16 * math.exp(math.log(1024 / 16) / 15))
-    assert Stage1Settings(max_resolution="auto").resolutions((256, 256))[-1] == 256
-    assert Stage1Settings(max_resolution="auto").resolutions((224, 320))[-1] == 320
-    assert Stage1Settings(max_resolution="auto", base_resolution=16).resolutions((8, 8)) == [16] * 16
-    with pytest.raises(ConfigError, match="max_resolution"):
-        Stage1Settings.from_config({"max_resolution": "big"})
-    assert Stage1Settings.from_config({"max_resolution": "auto"}).max_resolution == "auto"
 
 
 # --------------------------------------------------------------------------- batched fit = one at a time
@@ -315,3 +228,90 @@ def test_fig_dvt_draws_the_held_out_curve(tmp_path):
     data = fig_dvt(["dino"], [stage1], [stage1["denoised"]], tmp_path / "g.pdf", tmp_path / "g.png",
                    tmp_path / "g.csv", n_images=1, training=[None])  # a released checkpoint: no log
     assert np.isnan(data["stage2_held_out_loss_last"]).all()
+
+
+# --------------------------------------------------------------------------- planted F + G, ViT-B width
+
+SIZE, PATCH, DIM = 224, 16, 768  # a 224-px tile (ADE20K's tiles; Cityscapes' are 256), ViT-B/16: 14 x 14 tokens
+GRID = SIZE // PATCH
+
+
+class Planted:
+    """Features = F(image position of the patch) + G(input position) + noise, at C = 768.
+
+    The tile's red and green channels are its own pixel x and y, so a patch's
+    mean colour *is* its centre in the tile: every crop, resize and flip of
+    the real view sampling moves F with it, while G stays tied to the token.
+    """
+
+    def __init__(self) -> None:
+        ramp = (np.arange(SIZE) + 0.5) / SIZE
+        self.image = np.zeros((SIZE, SIZE, 3), np.uint8)
+        self.image[..., 0] = np.round(ramp[None, :] * 255)
+        self.image[..., 1] = np.round(ramp[:, None] * 255)
+        self.gen = torch.Generator().manual_seed(0)
+        self.omega = torch.randn(2, 64, generator=self.gen) * 3.0  # ~3 cycles across the tile
+        self.phase = torch.rand(64, generator=self.gen) * 2 * np.pi
+        self.mix = torch.randn(64, DIM, generator=self.gen) / 8
+        artifact = torch.randn(GRID * GRID, DIM, generator=self.gen)
+        self.artifact = 0.7 * (artifact - artifact.mean(0))
+
+    def content(self, x: torch.Tensor) -> torch.Tensor:
+        xy = F.avg_pool2d(x[:, :2], PATCH).flatten(2).transpose(1, 2)
+        return torch.sin(2 * np.pi * xy @ self.omega + self.phase) @ self.mix
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.content(x) + self.artifact + 0.05 * torch.randn(x.shape[0], GRID * GRID, DIM, generator=self.gen)
+
+    def recovery(self, settings: Stage1Settings) -> tuple[float, float, float]:
+        """Cosine of the fitted F (with G's mean, the decomposition's free constant) and centred G to the truth."""
+        result = denoise_image(self.image, self.encode, mean=(0, 0, 0), std=(1, 1, 1), input_size=SIZE,
+                               grid=(GRID, GRID), settings=settings, seed=0)
+        full = torch.from_numpy(render_view(self.image, Box(0, 0, SIZE, SIZE), (0, 0, 0), (1, 1, 1), SIZE))[None]
+        truth = self.content(full)[0].numpy()
+        est_f, est_g = result.denoised.reshape(-1, DIM), result.artifact.reshape(-1, DIM)
+        assert _cos(result.raw.reshape(-1, DIM), truth) < 0.75  # the artifact really corrupts the raw map
+        return (_cos(est_f + est_g.mean(0), truth), _cos(est_g - est_g.mean(0), self.artifact.numpy()),
+                result.seconds_fit / settings.steps)
+
+
+#: Short enough for CI: ~11 s of one core (the paper: 768 views, 2,048 tokens, 20k steps).
+SHORT = dict(views=32, steps=150, tokens_per_step=256)
+
+
+def test_planted_recovery_at_vit_b_width_beats_the_old_defaults():
+    """The authors' effective weight decay (1e-5 / 1024) and field MLP (128 -> C/2 -> C) recover F better.
+
+    Same run on the old defaults (weight decay 1e-5, an extra 128-wide
+    hidden layer): F 0.738, G 0.974; these defaults: F 0.944, G 0.964.
+    """
+    torch.set_num_threads(1)
+    f_cos, g_cos, _ = Planted().recovery(Stage1Settings(**SHORT, max_resolution=SIZE))
+    assert f_cos >= 0.92
+    assert g_cos >= 0.93
+
+
+@pytest.mark.slow
+def test_auto_resolution_keeps_recovery_and_cuts_the_step_cost():
+    """Levels up to one cell per tile pixel (224) recover as the paper's 1024 levels do (within 0.01 cosine), for
+    less per step. ~50 s of one core, hence slow."""
+    torch.set_num_threads(1)
+    planted = Planted()
+    f_paper, g_paper, step_paper = planted.recovery(Stage1Settings(**SHORT, max_resolution=1024))
+    f_auto, g_auto, step_auto = planted.recovery(Stage1Settings(**SHORT, max_resolution="auto"))
+    # measured (loaded 2-core CPU): 1024 levels F 0.928, G 0.968, 1.71 s a step; auto F 0.944, G 0.964, ~0.3 s
+    assert f_auto >= f_paper - 0.01 and g_auto >= g_paper - 0.01
+    assert step_auto < 0.7 * step_paper
+
+
+def test_max_resolution_rule():
+    """auto: the tile's longer side in pixels; levels geometric from the base (instant-NGP's per-level scale)."""
+    paper = Stage1Settings(max_resolution=1024).resolutions((224, 224))
+    assert paper[0] == 16 and paper[-1] == 1024 and len(paper) == 16
+    assert paper[1] == round(16 * math.exp(math.log(1024 / 16) / 15))
+    assert Stage1Settings(max_resolution="auto").resolutions((256, 256))[-1] == 256
+    assert Stage1Settings(max_resolution="auto").resolutions((224, 320))[-1] == 320
+    assert Stage1Settings(max_resolution="auto", base_resolution=16).resolutions((8, 8)) == [16] * 16
+    with pytest.raises(ConfigError, match="max_resolution"):
+        Stage1Settings.from_config({"max_resolution": "big"})
+    assert Stage1Settings.from_config({"max_resolution": "auto"}).max_resolution == "auto"
