@@ -176,7 +176,10 @@ def fig_dvt(models: Sequence[str], stage1: Sequence[dict], stage2_out: Sequence[
     that turns up), and the CSV keeps its last and lowest held-out loss.
     """
     training = list(training) if training is not None else [None] * len(models)
-    rows = [(m, s, out, i) for m, s, out in zip(models, stage1, stage2_out) for i in range(min(n_images, len(s["raw"])))]
+    if len(training) != len(models):
+        raise ValueError(f"fig_dvt: {len(training)} training logs for {len(models)} models")
+    rows = [(m, s, out, log, i) for m, s, out, log in zip(models, stage1, stage2_out, training)
+            for i in range(min(n_images, len(s["raw"])))]
     columns = ["image", "raw", "G (artifact)", "stage-1 F", "stage-2 DVT"]
     curves = any(log is not None for log in training)
     n_rows = max(1, len(rows))
@@ -184,7 +187,7 @@ def fig_dvt(models: Sequence[str], stage1: Sequence[dict], stage2_out: Sequence[
     grid = fig.add_gridspec(n_rows + curves, len(columns), height_ratios=[1.0] * n_rows + [1.4] * curves)
     axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(len(columns))] for r in range(n_rows)])
     records = []
-    for r, (model, s, out, i) in enumerate(rows):
+    for r, (model, s, out, log, i) in enumerate(rows):
         panels = fig_dvt_panels(s, out, i + 1)
         images = s["images"]
         for c, name in enumerate(columns):
@@ -200,7 +203,6 @@ def fig_dvt(models: Sequence[str], stage1: Sequence[dict], stage2_out: Sequence[
                 ax.set_title(name, fontsize=8)
         axes[r, 0].set_ylabel(f"{model_label(model)}\n{s['dataset'][i]} {s['sample_id'][i]}:{s['tile_id'][i]}",
                               fontsize=6)
-        log = training[models.index(model)] if model in models else None
         held = log["held_out_loss"] if log else []
         records.append({"model": model, "dataset": str(s["dataset"][i]), "sample_id": str(s["sample_id"][i]),
                         "tile_id": int(s["tile_id"][i]), "weights": s["attrs"]["weights"], "preset": preset,
@@ -223,9 +225,10 @@ def fig_dvt(models: Sequence[str], stage1: Sequence[dict], stage2_out: Sequence[
 def _training_panel(ax, models: Sequence[str], training: Sequence[Mapping | None]) -> None:
     """Stage 2's loss per model: training batches (dashed) and the held-out tiles (solid)."""
     for index, (model, log) in enumerate(zip(models, training)):
-        if log is None:
-            continue
         colour = f"C{index % 10}"
+        if log is None:  # said, not silently left out
+            ax.plot([], [], color=colour, linestyle=":", label=f"{model_label(model)}: no log (released checkpoint)")
+            continue
         label = f"{model_label(model)} ({len(log['held_out_tiles'])} held-out tiles)"
         ax.plot(log["steps"], log["held_out_loss"], color=colour, label=label)
         ax.plot(log["steps"], log["train_loss"], color=colour, linestyle="--", linewidth=0.8)
