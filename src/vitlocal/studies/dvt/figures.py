@@ -223,18 +223,20 @@ def fig_dvt(models: Sequence[str], stage1: Sequence[dict], stage2_out: Sequence[
 
 
 def _training_panel(ax, models: Sequence[str], training: Sequence[Mapping | None]) -> None:
-    """Stage 2's loss per model: training batches (dashed) and the held-out tiles (solid)."""
+    """Stage 2's loss per model: the held-out tiles (solid) and the training batches in between (dashed)."""
     for index, (model, log) in enumerate(zip(models, training)):
         colour = f"C{index % 10}"
         if log is None:  # said, not silently left out
             ax.plot([], [], color=colour, linestyle=":", label=f"{model_label(model)}: no log (released checkpoint)")
             continue
-        label = f"{model_label(model)} ({len(log['held_out_tiles'])} held-out tiles)"
+        held = len(log["held_out_tiles"])
+        label = f"{model_label(model)} ({held} held-out tile{'s' if held != 1 else ''})"
         ax.plot(log["steps"], log["held_out_loss"], color=colour, label=label)
         ax.plot(log["steps"], log["train_loss"], color=colour, linestyle="--", linewidth=0.8)
     ax.set_xlabel("stage-2 step", fontsize=7)
     ax.set_ylabel("MSE + 1 - cos", fontsize=7)
-    ax.set_title("stage 2: held-out tiles (solid) vs training batches (dashed)", fontsize=8)
+    ax.set_title("stage 2: held-out tiles at each point (solid) vs training batches, mean since the last point "
+                 "(dashed)", fontsize=8)
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6, loc="upper right")
 
