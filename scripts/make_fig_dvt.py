@@ -1,5 +1,6 @@
 """Snakemake entry point: fig_dvt from the stage-1 outputs and the denoisers (rules/dvt.smk)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,9 @@ with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake
     n = sm.params.n_images
     stage1 = [read_stage1(path) for path in sm.input.stage1]
     outputs = [denoise(load_checkpoint(ckpt), s["raw"][:n]) for ckpt, s in zip(sm.input.checkpoints, stage1)]
+    # Our checkpoints' sidecars hold stage 2's held-out loss; a released checkpoint has none.
+    sidecars = [Path(ckpt).with_suffix(".json") for ckpt in sm.input.checkpoints]
+    training = [json.loads(p.read_text()).get("training_log") if p.is_file() else None for p in sidecars]
     shown = fig_dvt(sm.params.models, stage1, outputs, sm.output.pdf, sm.output.png, sm.output.csv, n_images=n,
-                    demo_subject=sm.params.demo_subject, preset=sm.params.preset)
+                    demo_subject=sm.params.demo_subject, preset=sm.params.preset, training=training)
     log.info("fig_dvt: %d rows -> %s", len(shown), ", ".join(sm.output))

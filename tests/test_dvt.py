@@ -120,7 +120,7 @@ def test_stage1_recovers_field_and_artifact():
         return content(x) + artifact + 0.02 * torch.randn(x.shape[0], g * g, dim, generator=gen)
 
     settings = Stage1Settings(views=48, steps=300, tokens_per_step=512, levels=4, features_per_level=4,
-                              base_resolution=4, max_resolution=32, hidden=64)
+                              base_resolution=4, max_resolution=32)
     torch.set_num_threads(1)
     result = denoise_image(image, encode, mean=(0, 0, 0), std=(1, 1, 1), input_size=size, grid=(g, g),
                            settings=settings, seed=0)

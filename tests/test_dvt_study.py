@@ -253,7 +253,7 @@ def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path):
                      variant="clean", preset="test", dtype="float32", autocast="none", data_source="synthetic",
                      progress=False, **common)
     settings = Stage1Settings(views=3, steps=4, tokens_per_step=16, levels=2, features_per_level=2,
-                              base_resolution=2, max_resolution=4, hidden=8, batch_size=4)
+                              base_resolution=2, max_resolution=4, batch_size=4)
     done = stage1_feature_file(clean, out, root=root, manifest=manifest, settings=settings, seed=3, dtype="float32",
                                **common)
     meta_raw, raw = read_features(clean)

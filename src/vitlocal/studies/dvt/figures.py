@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -166,14 +166,28 @@ def fig_dvt_panels(stage1: dict, stage2_out: np.ndarray, n: int) -> dict[str, np
 
 
 def fig_dvt(models: Sequence[str], stage1: Sequence[dict], stage2_out: Sequence[np.ndarray], out_pdf, out_png,
-            out_csv, *, n_images: int = 2, demo_subject: str | None = None, preset: str = "") -> pd.DataFrame:
-    """Rows: model x training tile; columns: the tile, raw, G, F, stage-2 output. Writes the CSV of the PCA fits."""
-    rows = [(m, s, out, i) for m, s, out in zip(models, stage1, stage2_out) for i in range(min(n_images, len(s["raw"])))]
+            out_csv, *, n_images: int = 2, demo_subject: str | None = None, preset: str = "",
+            training: Sequence[Mapping | None] | None = None) -> pd.DataFrame:
+    """Rows: model x training tile; columns: the tile, raw, G, F, stage-2 output. Writes the CSV of the PCA fits.
+
+    ``training``: per model, the stage-2 sidecar's ``training_log`` (None for
+    a released checkpoint); a bottom panel draws each model's training and
+    held-out loss through training (over-fitting shows as a held-out curve
+    that turns up), and the CSV keeps its last and lowest held-out loss.
+    """
+    training = list(training) if training is not None else [None] * len(models)
+    if len(training) != len(models):
+        raise ValueError(f"fig_dvt: {len(training)} training logs for {len(models)} models")
+    rows = [(m, s, out, log, i) for m, s, out, log in zip(models, stage1, stage2_out, training)
+            for i in range(min(n_images, len(s["raw"])))]
     columns = ["image", "raw", "G (artifact)", "stage-1 F", "stage-2 DVT"]
-    fig = new_figure(1.6 * len(columns), 1.6 * max(1, len(rows)) + 0.6)
-    axes = fig.subplots(max(1, len(rows)), len(columns), squeeze=False)
+    curves = any(log is not None for log in training)
+    n_rows = max(1, len(rows))
+    fig = new_figure(1.6 * len(columns), 1.6 * n_rows + 0.6 + 2.2 * curves)
+    grid = fig.add_gridspec(n_rows + curves, len(columns), height_ratios=[1.0] * n_rows + [1.4] * curves)
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(len(columns))] for r in range(n_rows)])
     records = []
-    for r, (model, s, out, i) in enumerate(rows):
+    for r, (model, s, out, log, i) in enumerate(rows):
         panels = fig_dvt_panels(s, out, i + 1)
         images = s["images"]
         for c, name in enumerate(columns):
@@ -189,17 +203,42 @@ def fig_dvt(models: Sequence[str], stage1: Sequence[dict], stage2_out: Sequence[
                 ax.set_title(name, fontsize=8)
         axes[r, 0].set_ylabel(f"{model_label(model)}\n{s['dataset'][i]} {s['sample_id'][i]}:{s['tile_id'][i]}",
                               fontsize=6)
+        held = log["held_out_loss"] if log else []
         records.append({"model": model, "dataset": str(s["dataset"][i]), "sample_id": str(s["sample_id"][i]),
                         "tile_id": int(s["tile_id"][i]), "weights": s["attrs"]["weights"], "preset": preset,
                         "stage1_loss": float(s["loss"][i]),
                         "raw_to_F_cos": _mean_cos(s["raw"][i], s["denoised"][i]),
-                        "stage2_to_F_cos": _mean_cos(out[i], s["denoised"][i])})
+                        "stage2_to_F_cos": _mean_cos(out[i], s["denoised"][i]),
+                        "stage2_held_out_loss_last": float(held[-1]) if held else np.nan,
+                        "stage2_held_out_loss_min": float(np.min(held)) if held else np.nan,
+                        "stage2_held_out_tiles": len(log["held_out_tiles"]) if log else 0})
+    if curves:
+        _training_panel(fig.add_subplot(grid[n_rows, :]), models, training)
     fig.suptitle(f"DVT: PCA of raw features, artifact map G and denoised features (one basis per model, fitted on "
                  f"the raw features){' · preset ' + preset if preset else ''}", fontsize=8)
     save_figure(fig, out_pdf, out_png, demo=demo_subject is not None, demo_subject=demo_subject)
     data = pd.DataFrame(records)
     write_csv(data, out_csv)
     return data
+
+
+def _training_panel(ax, models: Sequence[str], training: Sequence[Mapping | None]) -> None:
+    """Stage 2's loss per model: the held-out tiles (solid) and the training batches in between (dashed)."""
+    for index, (model, log) in enumerate(zip(models, training)):
+        colour = f"C{index % 10}"
+        if log is None:  # said, not silently left out
+            ax.plot([], [], color=colour, linestyle=":", label=f"{model_label(model)}: no log (released checkpoint)")
+            continue
+        held = len(log["held_out_tiles"])
+        label = f"{model_label(model)} ({held} held-out tile{'s' if held != 1 else ''})"
+        ax.plot(log["steps"], log["held_out_loss"], color=colour, label=label)
+        ax.plot(log["steps"], log["train_loss"], color=colour, linestyle="--", linewidth=0.8)
+    ax.set_xlabel("stage-2 step", fontsize=7)
+    ax.set_ylabel("MSE + 1 - cos", fontsize=7)
+    ax.set_title("stage 2: held-out tiles at each point (solid) vs training batches, mean since the last point "
+                 "(dashed)", fontsize=8)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6, loc="upper right")
 
 
 def _mean_cos(a: np.ndarray, b: np.ndarray) -> float:
