@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitlocal.errors import ConfigError
-from vitlocal.experiments.runner import concat_results
+from vitlocal.studies.runner import concat_results
 from vitlocal.models.extractor import build_extractor
 from vitlocal.models.registry import resolve
 from vitlocal.studies.scene import figures
@@ -194,7 +194,7 @@ def test_knn_rows_remove_the_top_variance_dim(tmp_path):
 def test_fig5_writes_the_numbers_with_a_demo_banner(tmp_path, monkeypatch):
     path, _ = _planted(tmp_path, model="mae")
     stamped = []
-    monkeypatch.setattr("vitlocal.experiments.plotting.stamp_demo", lambda fig, subject=None: stamped.append(subject))
+    monkeypatch.setattr("vitlocal.plotting.base.stamp_demo", lambda fig, subject=None: stamped.append(subject))
     rows = scene_knn_rows("mae", {"ucmerced": path}, removed_dims=1, train_fraction=0.5, k=1, metric="dot", seed=0,
                           device="cpu")
     csv = tmp_path / "rows.csv"

@@ -38,13 +38,13 @@ class ExperimentJob:
     @functools.cached_property
     def probes(self):
         """The probe settings of the config (k, metric, linear schedule, seed, device)."""
-        from ..experiments.segmentation import ProbeSettings
+        from ..evaluation.segmentation import ProbeSettings
 
         return ProbeSettings.from_config(self.config)
 
     def target(self, dataset: str):
         """The validation images of ``dataset`` that score the probes (``val_manifest`` input)."""
-        from ..experiments.segmentation import EvalTarget
+        from ..evaluation.segmentation import EvalTarget
 
         return EvalTarget.load(dataset, self.params["roots"][dataset], self.inputs["val_manifest"])
 

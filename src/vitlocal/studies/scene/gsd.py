@@ -35,8 +35,8 @@ import pandas as pd
 import torch
 
 from ...errors import ConfigError
-from ...experiments.plotting import atomic_output
-from ...experiments.segmentation import RESULT_COLUMNS, resolve_device
+from ...plotting.base import atomic_output
+from ...evaluation.segmentation import RESULT_COLUMNS, resolve_device
 from ...io import read_rgb
 from ...layout import fmt
 from ...models.registry import ModelSpec

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..paper import latex_escape
-from .plotting import DEFAULT_DEMO_SUBJECT, write_csv, write_text
+from .base import DEFAULT_DEMO_SUBJECT, write_csv, write_text
 
 MISSING_CELL = "--"
 
