@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import VitLocalError
+from .plotting.tables import latex_escape
 from .reproduction import DATA_SOURCES, demo_banner, demo_subject
 
 #: Figure / table ids main.tex includes now (in its order), and those it keeps commented slots for.
@@ -32,21 +33,12 @@ STAGED_SUFFIXES = (".pdf", ".png", ".jpg", ".tex")
 INSTALL_COMMAND = ("apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended"
                    " lmodern")
 
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
 class LatexNotFoundError(VitLocalError, RuntimeError):
     """Neither latexmk nor pdflatex is on PATH."""
 
 
 class LatexBuildError(VitLocalError, RuntimeError):
     """LaTeX ran and failed; the message names the log."""
-
-
-def latex_escape(text: str) -> str:
-    """``text`` as literal LaTeX (preset names may hold underscores)."""
-    return "".join(_LATEX_SPECIALS.get(char, char) for char in text)
 
 
 def preset_tex(preset: str, data_source: str, weights_summary: str) -> str:
