@@ -186,7 +186,7 @@ def read_vs_npload(path: Path, tmp: Path, repeats: int = 15) -> tuple[float, flo
 
 
 def _rss_child(queue, setup: Setup, paths: list[Path], out: Path, row_group_mb: float) -> None:
-    from fullsize import status_mib  # VmHWM: ru_maxrss would carry the parent's peak across the spawn
+    from common import status_mib  # VmHWM: ru_maxrss would carry the parent's peak across the spawn
 
     end_to_end(setup, paths, out, row_group_mb)
     queue.put(status_mib("VmHWM"))

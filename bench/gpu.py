@@ -46,24 +46,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import extract as extract_bench  # noqa: E402  (bench/extract.py: PNG source, model-only and end-to-end timers)
+from common import DATASHEET, VIT_B_GFLOP  # noqa: E402,F401  (gpu.DATASHEET: the figures fullsize projects with)
 
 from vitlocal.models.extractor import build_extractor  # noqa: E402
 from vitlocal.probes import knn  # noqa: E402
 from vitlocal.probes.linear import train_linear_probe  # noqa: E402
 
-#: ViT-B/16 forward at 224: 17.6 GMAC per image (timm / fvcore count), 2 FLOP per MAC.
-VIT_B_GFLOP = 35.2
 #: Cityscapes 1-NN of the paper: 72 train x 30 val images, 32 tiles x 196 patches each.
 PAPER_KNN = (451_584, 188_160, 768)
 CLASSES = 19
-#: Dense (no sparsity) datasheet peaks in TFLOP/s: (bf16, tf32, fp32), matched on the device name.
-DATASHEET = {
-    "H200": (989.4, 494.7, 66.9),
-    "H100 PCIe": (756.5, 378.0, 51.2),
-    "H100": (989.4, 494.7, 66.9),
-    "A100": (312.0, 156.0, 19.5),
-    "L40S": (362.1, 183.0, 91.6),
-}
+
 
 
 #: Sizes per mode. ``gpu`` fits ~4 minutes on an H100 (the 1-NN's three precisions take most of it).

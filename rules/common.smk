@@ -232,7 +232,7 @@ def weights_summary():
 
 # --- figures and report -----------------------------------------------------
 
-from vitlocal.experiments.outputs import output_paths
+from vitlocal.studies.outputs import output_paths
 
 FIGURES = [name for name, spec in OUTPUTS.items() if spec.is_built(LAYOUT)]
 

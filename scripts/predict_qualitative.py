@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 import torch
 
 from vitlocal.studies.probing.qualitative import qualitative_predictions
-from vitlocal.experiments.segmentation import EvalTarget, ProbeSettings
+from vitlocal.evaluation.segmentation import EvalTarget, ProbeSettings
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)

@@ -8,8 +8,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 import torch
 
-from vitlocal.experiments.plotting import write_csv
-from vitlocal.experiments.runner import run_experiment
+from vitlocal.plotting.base import write_csv
+from vitlocal.studies.runner import run_experiment
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)

@@ -13,7 +13,7 @@ from sklearn.metrics import r2_score
 
 from vitlocal import subsets
 from vitlocal.datasets import cityscapes
-from vitlocal.experiments.segmentation import EvalTarget, load_split, select_samples
+from vitlocal.evaluation.segmentation import EvalTarget, load_split, select_samples
 from vitlocal.features.store import FeatureWriter
 from vitlocal.studies.card.bootstrap import bootstrap, miou_of, ratio_of, resample_counts
 from vitlocal.studies.card.compute import (

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from test_segmentation_eval import tiny_cityscapes, write_dataset_features
-from vitlocal.experiments import segmentation as seg
+from vitlocal.evaluation import segmentation as seg
 from vitlocal.studies.dvt.compute import raw_vs_dvt_rows, robustness_raw_vs_dvt_rows
 from vitlocal.studies.dvt.figures import table_dvt_data
 from vitlocal.tiling import TilingSpec

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vitlocal.experiments.outputs import make_output, output_paths
-from vitlocal.experiments.plotting import write_csv
-from vitlocal.experiments.runner import concat_results, run_experiment
+from vitlocal.studies.outputs import make_output, output_paths
+from vitlocal.plotting.base import write_csv
+from vitlocal.studies.runner import concat_results, run_experiment
 from vitlocal.features.pipeline import extract_features
 from vitlocal.reproduction import read_results
 from vitlocal.subsets import select_subset, write_manifest

@@ -11,7 +11,7 @@ import torch
 
 from vitlocal.datasets import cityscapes
 from vitlocal.errors import ConfigError
-from vitlocal.experiments.runner import run_experiment
+from vitlocal.studies.runner import run_experiment
 from vitlocal.features.pipeline import extract_features
 from vitlocal.features.store import read_attrs, read_features
 from vitlocal.models.extractor import build_extractor

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from vitlocal.datasets.cityscapes import CLASSES
-from vitlocal.experiments import plotting, tables
+from vitlocal.plotting import base as plotting, tables
 from vitlocal.studies.probing import figures as probing_figures
 from vitlocal.studies.probing.freqnoise_figure import draw_fig10, fig10, fig10_data
 from vitlocal.studies.variance import figures as variance_figures

@@ -1,7 +1,9 @@
-"""The paper with a real LaTeX: a rerun after a failed build, and a first page that is not blank.
+"""The paper with a real LaTeX: a rerun after a failed build, a first page that is not blank, every output inside.
 
 CI builds `snakemake paper` for the demo and runs this file with
-VITLOCAL_PDF=results/demo/paper/main.pdf; without it a partial build is made here.
+VITLOCAL_PDF=results/demo/paper/main.pdf (the results it was built from:
+VITLOCAL_RESULTS, default the PDF's results/<preset>); without it a partial
+build is made here.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitlocal.paper import LatexBuildError, build_paper
+from vitlocal.paper import LatexBuildError, build_paper, staged_files
+from vitlocal.studies import OUTPUTS
 
 PROJECT = Path(__file__).resolve().parents[1]
 MAIN_TEX = PROJECT / "paper" / "main.tex"
 GIVEN_PDF = os.environ.get("VITLOCAL_PDF")
+GIVEN_RESULTS = os.environ.get("VITLOCAL_RESULTS")
 
 needs_latexmk = pytest.mark.skipif(shutil.which("latexmk") is None, reason="latexmk not installed")
 
@@ -70,3 +74,33 @@ def test_first_page_is_not_blank(tmp_path):
     assert ink > 0.01, f"page 1 of {pdf} is blank ({ink:.2%} ink)"
     red = (page[..., 0] > 150) & (page[..., 1] < 100) & (page[..., 2] < 100)
     assert red.any(), f"page 1 of {pdf} has no red DEMO banner"
+
+
+def built_outputs(results: Path) -> list[str]:
+    """Registered outputs with an includable file under ``results``/figures: each must be in the PDF."""
+    figures = results / "figures"
+    return [name for name in OUTPUTS if staged_files(figures, name)]
+
+
+def pdf_text(pdf: Path) -> str:
+    done = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True)
+    return "".join(done.stdout.split())  # line breaks and spacing differ from the source
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext (poppler-utils) not installed")
+def test_every_built_output_is_in_the_pdf(tmp_path):
+    if GIVEN_PDF:
+        pdf = Path(GIVEN_PDF)
+        results = Path(GIVEN_RESULTS) if GIVEN_RESULTS else pdf.resolve().parents[1]
+    elif shutil.which("latexmk"):
+        results = demo_results(tmp_path / "results")
+        (results / "figures" / "fig1").mkdir()
+        Image.new("RGB", (40, 20), "blue").save(results / "figures" / "fig1" / "fig1.png")
+        pdf = build_paper("demo", results, tmp_path / "build", "synthetic", "random", MAIN_TEX)
+    else:
+        pytest.skip("latexmk not installed")
+    built = built_outputs(results)
+    assert built, f"{results}/figures: no built output to look for"
+    text = pdf_text(pdf)
+    absent = [name for name in built if f"[{name}]" not in text]
+    assert not absent, f"{pdf}: built outputs missing from the PDF: {', '.join(absent)}"

@@ -12,7 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from test_segmentation_eval import manual_scores, tiny_cityscapes, write_dataset_features
 from vitlocal.datasets import ade20k, cityscapes
 from vitlocal.errors import ConfigError
-from vitlocal.experiments import segmentation as seg
+from vitlocal.evaluation import segmentation as seg
 from vitlocal.studies.probing import compute as probing
 from vitlocal.studies.probing.qualitative import qualitative_predictions
 from vitlocal.probes.metrics import iou_per_class, mean_iou

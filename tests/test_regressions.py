@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from vitlocal.datasets import cityscapes
-from vitlocal.experiments.segmentation import LINEAR_DEFAULTS, ProbeSettings, fit_linear
+from vitlocal.evaluation.segmentation import LINEAR_DEFAULTS, ProbeSettings, fit_linear
 from vitlocal.features.sources import make_source
 from vitlocal.models.registry import resolve
 from vitlocal.probes.knn import majority_vote

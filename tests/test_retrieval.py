@@ -22,8 +22,8 @@ import reference_models as ref
 import torch
 
 from vitlocal.datasets import fair1m
-from vitlocal.experiments.outputs import make_output, output_paths
-from vitlocal.experiments.runner import concat_results
+from vitlocal.studies.outputs import make_output, output_paths
+from vitlocal.studies.runner import concat_results
 from vitlocal.features.degrade import (
     patch_correspondence,
     rotate,

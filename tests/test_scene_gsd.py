@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitlocal.errors import ConfigError, CorruptFileError
-from vitlocal.experiments.runner import concat_results
+from vitlocal.studies.runner import concat_results
 from vitlocal.models.extractor import build_extractor
 from vitlocal.models.registry import resolve
 from vitlocal.studies.scene import figures
@@ -292,7 +292,7 @@ def test_knn_rows_remove_the_top_variance_dim(tmp_path, knn, k, metric):
 def test_fig5_writes_the_numbers_with_a_demo_banner(tmp_path, monkeypatch):
     path, _ = _planted(tmp_path, model="mae")
     stamped = []
-    monkeypatch.setattr("vitlocal.experiments.plotting.stamp_demo", lambda fig, subject=None: stamped.append(subject))
+    monkeypatch.setattr("vitlocal.plotting.base.stamp_demo", lambda fig, subject=None: stamped.append(subject))
     rows = scene_knn_rows("mae", {"ucmerced": path}, removed_dims=1, train_fraction=0.5, knn="scalemae", k=5,
                           temperature=0.07, seed=0, device="cpu")
     csv = tmp_path / "rows.csv"

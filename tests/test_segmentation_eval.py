@@ -11,7 +11,7 @@ import pytest
 
 from vitlocal.datasets import ade20k, cityscapes
 from vitlocal.errors import ConfigError, LabelError
-from vitlocal.experiments import segmentation as seg
+from vitlocal.evaluation import segmentation as seg
 from vitlocal.features.store import write_features
 from vitlocal.io import write_png
 from vitlocal.probes.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy

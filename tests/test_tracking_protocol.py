@@ -23,7 +23,7 @@ from torchvision.ops import roi_align
 from vitlocal import subsets
 from vitlocal.datasets import bdd100k, cityscapes, mot17
 from vitlocal.errors import CorruptFileError, LabelError
-from vitlocal.experiments.segmentation import EvalTarget, ProbeSettings, knn_result, labelled, load_split
+from vitlocal.evaluation.segmentation import EvalTarget, ProbeSettings, knn_result, labelled, load_split
 from vitlocal.features.store import FeatureWriter
 from vitlocal.published import load_published, to_our_keys
 from vitlocal.reproduction import COMPARED, compare

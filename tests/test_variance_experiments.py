@@ -16,7 +16,7 @@ from sklearn.metrics import r2_score
 from vitlocal import subsets
 from vitlocal.datasets import cityscapes
 from vitlocal.errors import ConfigError
-from vitlocal.experiments.segmentation import (
+from vitlocal.evaluation.segmentation import (
     EvalTarget,
     ProbeSettings,
     knn_predictions,

@@ -1,11 +1,15 @@
-"""Build the paper skeleton (``paper/main.tex``) around the regenerated figures.
+"""Build the paper (``paper/main.tex``) around the regenerated figures and tables.
 
 The build directory is self-contained: ``main.tex``, a generated
-``preset.tex`` (preset name, data source, DEMO banner) and a copy of
-``results/<preset>/figures`` (figures and tables only), so LaTeX runs there
-with relative paths and a stale figure never survives a rebuild. LaTeX itself
-is optional: without it the sources are staged and the error says how to
-install it.
+``preset.tex`` (preset name, data source, DEMO banner), a generated
+``outputs.tex`` and a copy of ``results/<preset>/figures`` (figures and tables
+only), so LaTeX runs there with relative paths and a stale figure never
+survives a rebuild. ``outputs.tex`` is the study registry's list
+(``vitlocal.studies.OUTPUTS``, one source of truth with the report): every
+output whose files exist, in the paper's order (``SECTIONS``), with its
+``title`` as caption; a new study's outputs enter without editing LaTeX.
+LaTeX itself is optional: without it the sources are staged and the error
+says how to install it.
 
     python -m vitlocal.paper --preset demo --data-source synthetic --weights random
 """
@@ -20,11 +24,24 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import VitLocalError
+from .plotting.tables import latex_escape
 from .reproduction import DATA_SOURCES, demo_banner, demo_subject
+from .studies import OUTPUTS, STUDIES, STUDY_OF
 
-#: Figure / table ids main.tex includes now (in its order), and those it keeps commented slots for.
-FIGURES = ("fig1", "fig2", "table2", "table1", "fig3", "fig10", "fig4a", "fig4b", "fig4c", "top_dims_overlap", "table6", "fig13")
-LATER = ("fig5", "fig6", "fig7", "fig8", "fig9", "fig11", "fig12", "table3", "table4", "table5")
+#: The paper's sections, in its order, by the study that fills them (Sections 3-6 of arXiv 2401.00463; DVT
+#: is our extension). A study not named here gets a section under its own name, after these.
+SECTIONS = {
+    "probing": "Few-shot semantic segmentation with patch embeddings",
+    "variance": "High-variance features of masked image models",
+    "scene": "Scene classification and reconstruction without the high-variance dimensions",
+    "retrieval": "Object instance retrieval",
+    "tracking": "Tracking",
+    "dvt": "Denoising ViT: raw vs denoised features (not in the paper)",
+}
+
+#: Unicode in registry titles -> LaTeX (pdflatex reads only what is mapped here; ``outputs_tex`` rejects the rest).
+_UNICODE_LATEX = {"Δ": r"$\Delta$", "²": r"\textsuperscript{2}", "×": r"$\times$", "—": "---", "–": "--",
+                  "’": "'", "≤": r"$\leq$", "≥": r"$\geq$"}
 
 #: What is copied from results/<preset>/figures: what LaTeX can include.
 STAGED_SUFFIXES = (".pdf", ".png", ".jpg", ".tex")
@@ -32,21 +49,12 @@ STAGED_SUFFIXES = (".pdf", ".png", ".jpg", ".tex")
 INSTALL_COMMAND = ("apt-get install latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended"
                    " lmodern")
 
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
 class LatexNotFoundError(VitLocalError, RuntimeError):
     """Neither latexmk nor pdflatex is on PATH."""
 
 
 class LatexBuildError(VitLocalError, RuntimeError):
     """LaTeX ran and failed; the message names the log."""
-
-
-def latex_escape(text: str) -> str:
-    """``text`` as literal LaTeX (preset names may hold underscores)."""
-    return "".join(_LATEX_SPECIALS.get(char, char) for char in text)
 
 
 def preset_tex(preset: str, data_source: str, weights_summary: str) -> str:
@@ -66,6 +74,63 @@ def preset_tex(preset: str, data_source: str, weights_summary: str) -> str:
         rf"\newcommand{{\demotag}}{{{tag}}}",
         "",
     ])
+
+
+def paper_outputs() -> list[tuple[str, str]]:
+    """``(section heading, output id)`` of every registered output, in the paper's order.
+
+    Sections follow ``SECTIONS`` (unknown studies after them, in registry
+    order); inside a section, the outputs in the order the study registers them.
+    """
+    studies = [s for s in SECTIONS if s in STUDIES] + [s for s in STUDIES if s not in SECTIONS]
+    return [(SECTIONS.get(study, study), name) for study in studies for name in STUDIES[study].outputs]
+
+
+def caption_tex(title: str, what: str) -> str:
+    """A registry title as LaTeX text: specials escaped, the few Unicode signs titles use mapped."""
+    text = "".join(_UNICODE_LATEX.get(char, latex_escape(char)) for char in title)
+    odd = sorted({char for char in text if ord(char) > 127})
+    if odd:
+        raise ValueError(f"{what}: title {title!r} has characters pdflatex cannot set: {''.join(odd)} "
+                         "(map them in vitlocal.paper._UNICODE_LATEX)")
+    return text
+
+
+def staged_files(figures: Path, name: str) -> dict[str, Path]:
+    """Suffix -> staged file of output ``name`` (``figures/<name>/<name>.<suffix>``) that exist."""
+    return {s.lstrip("."): figures / name / f"{name}{s}" for s in STAGED_SUFFIXES
+            if (figures / name / f"{name}{s}").is_file()}
+
+
+def outputs_tex(figures: str | Path) -> tuple[str, list[str]]:
+    """The body of the paper: one float per staged output, in paper order; and the ids included.
+
+    A figure is its PDF (else its PNG), a table its ``.tex`` (a tabular); a
+    ``figure+table`` output gives both. Each caption ends with the output id
+    in typewriter, which the CI check finds in the PDF's text.
+    """
+    figures = Path(figures)
+    lines = ["% Generated by vitlocal.paper.stage_paper from the study registry; rebuilt on every build.", ""]
+    included: list[str] = []
+    section = None
+    for heading, name in paper_outputs():
+        files = staged_files(figures, name)
+        graphic = "pdf" if "pdf" in files else "png" if "png" in files else None
+        floats = []
+        caption = caption_tex(OUTPUTS[name].title or name, f"{STUDY_OF[name]}/{name}")
+        if graphic and OUTPUTS[name].kind != "table":
+            floats.append(rf"\vlfigure{{{name}}}{{figures/{name}/{name}.{graphic}}}{{{caption}}}")
+        if "tex" in files:
+            floats.append(rf"\vltable{{{name}}}{{figures/{name}/{name}.tex}}{{{caption}}}")
+        if not floats:
+            continue
+        if heading != section:
+            lines += [r"\clearpage"] if section else []
+            lines += ["", rf"\section{{{caption_tex(heading, 'section ' + heading)}}}"]
+            section = heading
+        lines += floats
+        included.append(name)
+    return "\n".join(lines) + "\n", included
 
 
 def _not_includable(directory: str, names: list[str]) -> list[str]:
@@ -97,13 +162,21 @@ def stage_paper(
         staged.mkdir()  # nothing generated yet: every slot shows its placeholder
     shutil.copyfile(main_tex, out_dir / "main.tex")
     (out_dir / "preset.tex").write_text(preset_tex(preset, data_source, weights_summary), encoding="utf-8")
+    body, _ = outputs_tex(staged)
+    (out_dir / "outputs.tex").write_text(body, encoding="utf-8")
     return out_dir
 
 
 def missing_figures(build_dir: str | Path) -> list[str]:
-    """Ids of ``FIGURES`` with no staged output: they print as placeholders."""
+    """Registered outputs with nothing staged (not generated for this preset): not in the PDF."""
     figures = Path(build_dir) / "figures"
-    return [i for i in FIGURES if not any((figures / i / f"{i}{s}").is_file() for s in STAGED_SUFFIXES)]
+    return [name for _, name in paper_outputs() if not staged_files(figures, name)]
+
+
+def unregistered_outputs(build_dir: str | Path) -> list[str]:
+    """Staged output folders the registry does not know: not in the PDF (a removed or renamed output)."""
+    figures = Path(build_dir) / "figures"
+    return sorted(p.name for p in figures.iterdir() if p.is_dir() and p.name not in OUTPUTS) if figures.is_dir() else []
 
 
 def latex_commands() -> list[list[str]]:
@@ -185,7 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     missing = missing_figures(args.out)
     if missing:
-        print(f"not yet generated (placeholders in the PDF): {', '.join(missing)}", file=sys.stderr)
+        print(f"not generated for this preset, so not in the PDF: {', '.join(missing)}", file=sys.stderr)
+    unknown = unregistered_outputs(args.out)
+    if unknown:
+        print(f"in {args.results or f'results/{args.preset}'}/figures but not in the study registry, "
+              f"so not in the PDF: {', '.join(unknown)}", file=sys.stderr)
     print(pdf)
     return 0
 

@@ -38,13 +38,13 @@ class ExperimentJob:
     @functools.cached_property
     def probes(self):
         """The probe settings of the config (k, metric, linear schedule, seed, device)."""
-        from ..experiments.segmentation import ProbeSettings
+        from ..evaluation.segmentation import ProbeSettings
 
         return ProbeSettings.from_config(self.config)
 
     def target(self, dataset: str):
         """The validation images of ``dataset`` that score the probes (``val_manifest`` input)."""
-        from ..experiments.segmentation import EvalTarget
+        from ..evaluation.segmentation import EvalTarget
 
         return EvalTarget.load(dataset, self.params["roots"][dataset], self.inputs["val_manifest"])
 
@@ -98,19 +98,32 @@ class Output:
         return bool(self.jobs(layout))
 
 
-def figure_writer(package: str, name: str) -> Callable[[pd.DataFrame, Mapping[str, str], Mapping[str, Any]], Any]:
-    """``write(rows, out, config)`` calling ``<package>.figures.<name>`` with the output's files.
+def figure_writer(
+    package: str,
+    name: str,
+    *,
+    whole_out: bool = False,
+    options: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+) -> Callable[[pd.DataFrame, Mapping[str, str], Mapping[str, Any]], Any]:
+    """``write(rows, out, config)`` calling ``<package>.figures.<name>``: the one writer every study registers.
 
-    A table gets ``(rows, csv, tex)``, a figure ``(rows, pdf, png, csv)``. The
-    figures module is imported on first use: the registry stays light (no
-    matplotlib) for the Snakefile.
+    A table gets ``(rows, csv, tex)``, a figure ``(rows, pdf, png, csv)``, a
+    figure+table ``(rows, csv, tex, pdf, png)``; ``whole_out``: the writer takes
+    ``(rows, out, config)`` itself; ``options(config)``: keyword arguments
+    drawn from the config. The figures module is imported on first use: the
+    registry stays light (no matplotlib) for the Snakefile.
     """
 
     def write(rows, out, config):
         writer = getattr(importlib.import_module(f"{package}.figures"), name)
+        if whole_out:
+            return writer(rows, out, config)
+        kwargs = options(config) if options else {}
+        if "tex" in out and "pdf" in out:
+            return writer(rows, out["csv"], out["tex"], out["pdf"], out["png"], **kwargs)
         if "tex" in out:
-            return writer(rows, out["csv"], out["tex"])
-        return writer(rows, out["pdf"], out["png"], out["csv"])
+            return writer(rows, out["csv"], out["tex"], **kwargs)
+        return writer(rows, out["pdf"], out["png"], out["csv"], **kwargs)
 
     return write
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from vitlocal.datasets import cityscapes
-from vitlocal.experiments.segmentation import (
+from vitlocal.evaluation.segmentation import (
     EvalTarget,
     ProbeSettings,
     SplitFeatures,

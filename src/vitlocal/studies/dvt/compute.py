@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from vitlocal.experiments.segmentation import (
+from vitlocal.evaluation.segmentation import (
     RESULT_COLUMNS,
     EvalTarget,
     ProbeSettings,

@@ -8,14 +8,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from vitlocal.experiments.figure_helpers import (
+from vitlocal.plotting.figure_helpers import (
     check_single_layer,
     check_unique,
     demo_flag,
     tidy_rows,
     with_provenance,
 )
-from vitlocal.experiments.plotting import (
+from vitlocal.plotting.base import (
     model_label,
     model_order,
     new_figure,
@@ -23,7 +23,7 @@ from vitlocal.experiments.plotting import (
     save_figure,
     write_csv,
 )
-from vitlocal.experiments.tables import write_table
+from vitlocal.plotting.tables import write_table
 
 #: The DVT paper's linear-probe mIoU, before -> after (ViT-B, 512 px, mmseg heads; dvt.md). Context only:
 #: another protocol (VOC / ADE20K linear heads at 512 px), not a target for this study's numbers.

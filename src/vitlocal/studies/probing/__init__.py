@@ -65,11 +65,8 @@ def _ade20k(job):
                        probes=job.probes)
 
 
-def _write_fig3(rows, out, config):
-    from .figures import fig3
-
-    return fig3(rows, out["pdf"], out["png"], out["csv"],
-                clean_train_set=config["subsets"]["cityscapes"]["main_train_set"])
+def _fig3_options(config):
+    return {"clean_train_set": config["subsets"]["cityscapes"]["main_train_set"]}
 
 
 def _cityscapes_configured(layout):
@@ -89,7 +86,8 @@ STUDY = Study(
                        title="k-NN vs linear mIoU by train-set size (Fig 1)"),
         "fig2": Output("figure", figure_writer(__name__, "fig2"), rows_of("layerwise", needs=["cityscapes"]),
                        title="k-NN mIoU per layer, all / easy / hard classes (Fig 2)"),
-        "fig3": Output("figure", _write_fig3, rows_of("degradation", needs=["cityscapes"]),
+        "fig3": Output("figure", figure_writer(__name__, "fig3", options=_fig3_options),
+                       rows_of("degradation", needs=["cityscapes"]),
                        title="Robustness to blur, Gaussian noise and frequency noise (Fig 3)"),
         "table2": Output("table", figure_writer(__name__, "table2"), rows_of("ade20k", needs=["ade20k"]),
                          title="ADE20K k-NN and linear mIoU (Table 2)"),

@@ -34,7 +34,7 @@ import pandas as pd
 
 from vitlocal.datasets.cityscapes import CLASSES as CITYSCAPES_CLASSES
 from vitlocal.errors import ConfigError
-from vitlocal.experiments.segmentation import (
+from vitlocal.evaluation.segmentation import (
     RESULT_COLUMNS,
     EvalTarget,
     ProbeSettings,

@@ -1,6 +1,6 @@
 """Figures and tables of the segmentation-probing study: Figs 1-3, Table 2, Fig 13, Table 1.
 
-Writers follow ``vitlocal.experiments.figure_helpers``: ``<id>_data`` (the
+Writers follow ``vitlocal.plotting.figure_helpers``: ``<id>_data`` (the
 numbers), ``draw_<id>`` (the Figure), ``<id>`` (writes both, returns the numbers).
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ...datasets.cityscapes import CLASSES as CITYSCAPES_CLASSES
-from ...experiments.figure_helpers import (
+from ...plotting.figure_helpers import (
     PROBES,
     check_single_layer,
     check_unique,
@@ -27,7 +27,7 @@ from ...experiments.figure_helpers import (
     with_provenance,
     write_figure,
 )
-from ...experiments.plotting import (
+from ...plotting.base import (
     PROBE_LABELS,
     PROBE_LINESTYLES,
     PROBE_MARKERS,
@@ -40,7 +40,7 @@ from ...experiments.plotting import (
     style,
     write_csv,
 )
-from ...experiments.tables import write_latex, write_table
+from ...plotting.tables import write_latex, write_table
 
 #: Train sets of Fig. 1 (config names) and their axis labels (images per city).
 TRAIN_SET_LABELS: dict[str, str] = {"set2": "2", "set4": "4", "set4_prime": "4'", "set8": "8"}

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ...experiments.plotting import new_figure, save_figure, style, write_csv
+from ...plotting.base import new_figure, save_figure, style, write_csv
 from ...features.degrade import (
     FREQUENCY_BANDS,
     FREQUENCY_NOISE_SIGMA,

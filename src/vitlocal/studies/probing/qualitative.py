@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from vitlocal.errors import ConfigError
-from vitlocal.experiments.segmentation import (
+from vitlocal.evaluation.segmentation import (
     READERS,
     EvalTarget,
     ProbeSettings,

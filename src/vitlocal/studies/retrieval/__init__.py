@@ -9,7 +9,7 @@ dims removed) too. Rules: ``rules/retrieval.smk``.
 
 from __future__ import annotations
 
-from ..base import Experiment, Output, Study, config_models, rows_of
+from ..base import Experiment, Output, Study, config_models, figure_writer, rows_of
 
 #: Where a query's nearest clean patch falls, in order of precedence (``compute.categorise``).
 CATEGORIES = ("same_patch", "same_fine", "same_super", "other_object", "background")
@@ -47,12 +47,7 @@ def fig11_models(config):
 
 
 def _writer(name):
-    def write(rows, out, config):
-        from . import figures
-
-        return getattr(figures, name)(rows, out, config)
-
-    return write
+    return figure_writer(__name__, name, whole_out=True)
 
 
 _ALL = config_models("retrieval_models")

@@ -56,7 +56,7 @@ import torch
 
 from vitlocal.datasets import fair1m
 from vitlocal.errors import ConfigError, LabelError
-from vitlocal.experiments.segmentation import RESULT_COLUMNS, provenance, resolve_device
+from vitlocal.evaluation.segmentation import RESULT_COLUMNS, provenance, resolve_device
 from vitlocal.features.store import read_attrs, read_features
 from vitlocal.probes.knn import METRICS, auto_block_size, shared_tensor
 from vitlocal.probes.variance import feature_variance, remove_dims, top_variance_dims

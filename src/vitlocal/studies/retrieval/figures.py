@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from vitlocal.datasets import fair1m
-from vitlocal.experiments.figure_helpers import (
+from vitlocal.plotting.figure_helpers import (
     demo_flag,
     model_handles,
     set_title,
@@ -24,14 +24,14 @@ from vitlocal.experiments.figure_helpers import (
     with_provenance,
     write_figure,
 )
-from vitlocal.experiments.plotting import (
+from vitlocal.plotting.base import (
     model_colour,
     model_label,
     model_order,
     new_figure,
     require_rows,
 )
-from vitlocal.experiments.tables import write_table
+from vitlocal.plotting.tables import write_table
 
 from . import CATEGORIES, EXCLUDE_OWN, EXPERIMENT
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ...experiments.figure_helpers import (
+from ...plotting.figure_helpers import (
     check_unique,
     demo_flag,
     set_title,
@@ -16,8 +16,8 @@ from ...experiments.figure_helpers import (
     with_provenance,
     write_figure,
 )
-from ...experiments.plotting import model_label, model_order, new_figure, provenance_subtitle, require_rows
-from ...experiments.tables import write_table
+from ...plotting.base import model_label, model_order, new_figure, provenance_subtitle, require_rows
+from ...plotting.tables import write_table
 from . import SCENE_DATASETS
 
 DATASET_LABELS = {"ucmerced": "UC Merced", "resisc45": "NWPU-RESISC45"}

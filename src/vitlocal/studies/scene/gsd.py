@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError, CorruptFileError
-from ...experiments.plotting import atomic_output
-from ...experiments.segmentation import RESULT_COLUMNS, resolve_device
+from ...plotting.base import atomic_output
+from ...evaluation.segmentation import RESULT_COLUMNS, resolve_device
 from ...io import read_rgb
 from ...models.registry import ModelSpec
 from ...probes.variance import remove_dims, top_variance_dims

@@ -40,7 +40,7 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ...errors import ConfigError
-from ...experiments.segmentation import RESULT_COLUMNS, resolve_device
+from ...evaluation.segmentation import RESULT_COLUMNS, resolve_device
 from ...features.degrade import derive_seed
 from ...layout import fmt
 from ...probes.variance import VarianceAccumulator, top_variance_dims

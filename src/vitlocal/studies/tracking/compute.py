@@ -32,7 +32,7 @@ import torch
 
 from vitlocal.datasets import bdd100k, mot17
 from vitlocal.errors import ConfigError, LabelError
-from vitlocal.experiments.segmentation import (
+from vitlocal.evaluation.segmentation import (
     RESULT_COLUMNS,
     EvalTarget,
     ProbeSettings,

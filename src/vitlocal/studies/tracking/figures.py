@@ -1,6 +1,6 @@
 """Figures and table of the tracking study: Figs 8, 9, 12 and Table 5.
 
-Writers follow ``vitlocal.experiments.figure_helpers``: ``<id>_data`` (the
+Writers follow ``vitlocal.plotting.figure_helpers``: ``<id>_data`` (the
 numbers), ``draw_<id>`` (the Figure), ``<id>`` (writes both, returns the numbers).
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ...experiments.figure_helpers import (
+from ...plotting.figure_helpers import (
     PROVENANCE_COLUMNS,
     check_unique,
     demo_flag,
@@ -24,7 +24,7 @@ from ...experiments.figure_helpers import (
     with_provenance,
     write_figure,
 )
-from ...experiments.plotting import (
+from ...plotting.base import (
     PROBE_LABELS,
     model_colour,
     model_label,
@@ -34,7 +34,7 @@ from ...experiments.plotting import (
     require_rows,
     style,
 )
-from ...experiments.tables import write_table
+from ...plotting.tables import write_table
 
 METRIC_LABELS = {"acc_same_instance": "same instance", "acc_same_category": "same category"}
 MODE_LINESTYLES = {"full": "-", "tiled": "--"}

@@ -70,19 +70,6 @@ def _mae_only(config):
     return [m for m in ("mae",) if m in config["study_models"]]
 
 
-def _writer(name):
-    """``figures.<name>``; the overlap output writes a table and a figure at once."""
-    if name != "top_dims_overlap":
-        return figure_writer(__name__, name)
-
-    def write(rows, out, config):
-        from .figures import top_dims_overlap
-
-        return top_dims_overlap(rows, out["csv"], out["tex"], out["pdf"], out["png"])
-
-    return write
-
-
 STUDY = Study(
     name="variance",
     experiments={
@@ -93,17 +80,18 @@ STUDY = Study(
         "top_dims_overlap": Experiment(_top_dims_overlap, _overlap_inputs, gpu=False),
     },
     outputs={
-        "fig4a": Output("figure", _writer("fig4a"), rows_of("feature_variance", needs=["cityscapes"]),
+        "fig4a": Output("figure", figure_writer(__name__, "fig4a"), rows_of("feature_variance", needs=["cityscapes"]),
                         title="Per-dimension variance of the patch features (Fig 4a)"),
-        "fig4b": Output("figure", _writer("fig4b"), rows_of("variance_removal", _mae_only, needs=["cityscapes"]),
+        "fig4b": Output("figure", figure_writer(__name__, "fig4b"),
+                        rows_of("variance_removal", _mae_only, needs=["cityscapes"]),
                         title="MAE with the top-m variance dimensions removed (Fig 4b)"),
-        "fig4c": Output("figure", _writer("fig4c"), rows_of("variance_removal", needs=["cityscapes"]),
+        "fig4c": Output("figure", figure_writer(__name__, "fig4c"), rows_of("variance_removal", needs=["cityscapes"]),
                         title="All models with the top-m variance dimensions removed (Fig 4c)"),
-        "top_dims_overlap": Output("figure+table", _writer("top_dims_overlap"),
+        "top_dims_overlap": Output("figure+table", figure_writer(__name__, "top_dims_overlap"),
                                    rows_of("top_dims_overlap", overlap_models,
                                            needs=["cityscapes", "ade20k", "fair1m"]),
                                    title="Shared top-variance dimensions across datasets"),
-        "table6": Output("table", _writer("table6"), rows_of("r2", needs=["cityscapes"]),
+        "table6": Output("table", figure_writer(__name__, "table6"), rows_of("r2", needs=["cityscapes"]),
                          title="Ridge R² of class fractions from the central patch (Table 6)"),
     },
 )

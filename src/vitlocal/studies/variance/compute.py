@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from vitlocal.errors import ConfigError
-from vitlocal.experiments.segmentation import (
+from vitlocal.evaluation.segmentation import (
     READERS,
     RESULT_COLUMNS,
     EvalTarget,

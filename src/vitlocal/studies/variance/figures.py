@@ -1,6 +1,6 @@
 """Figures and tables of the feature-variance study: Fig 4a-c, the top-m overlap, Table 6.
 
-Writers follow ``vitlocal.experiments.figure_helpers``: ``<id>_data`` (the
+Writers follow ``vitlocal.plotting.figure_helpers``: ``<id>_data`` (the
 numbers), ``draw_<id>`` (the Figure), ``<id>`` (writes both, returns the numbers).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ...experiments.figure_helpers import (
+from ...plotting.figure_helpers import (
     PROBES,
     PROVENANCE_COLUMNS,
     check_single_layer,
@@ -28,7 +28,7 @@ from ...experiments.figure_helpers import (
     with_provenance,
     write_figure,
 )
-from ...experiments.plotting import (
+from ...plotting.base import (
     PROBE_LABELS,
     PROBE_LINESTYLES,
     PROBE_MARKERS,
@@ -41,7 +41,7 @@ from ...experiments.plotting import (
     save_figure,
     style,
 )
-from ...experiments.tables import write_table
+from ...plotting.tables import write_table
 
 #: Table 6 inputs in the paper's order (levels ``full``, ``without_top<m>``, ``only_top<m>``, ``random<m>``).
 R2_INPUTS: dict[str, str] = {"full": "full", "without_top": "without top-{m}", "only_top": "only top-{m}",

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from ..studies import ExperimentJob, experiment
+from . import ExperimentJob, experiment
 
 
 def run_experiment(

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .plotting import (
+from .base import (
     PROBE_LABELS,
     PROBE_LINESTYLES,
     PROBE_MARKERS,

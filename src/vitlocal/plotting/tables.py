@@ -15,10 +15,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..paper import latex_escape
-from .plotting import DEFAULT_DEMO_SUBJECT, write_csv, write_text
+from .base import DEFAULT_DEMO_SUBJECT, write_csv, write_text
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 MISSING_CELL = "--"
+
+
+def latex_escape(text: str) -> str:
+    """``text`` as literal LaTeX (preset names may hold underscores)."""
+    return "".join(_LATEX_SPECIALS.get(char, char) for char in text)
 
 
 def demo_caption(caption: str, subject: str | None = None) -> str:

@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..errors import ConfigError
-from ..studies import output
-from ..studies.base import SUFFIXES
+from . import output
+from .base import SUFFIXES
 from .runner import concat_results
 
 
