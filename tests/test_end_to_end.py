@@ -12,7 +12,8 @@ import pytest
 
 from vitlocal.studies.outputs import make_output, output_paths
 from vitlocal.plotting.base import write_csv
-from vitlocal.studies.runner import concat_results, run_experiment
+from vitlocal.studies.base import concat_results
+from vitlocal.studies.runner import run_experiment
 from vitlocal.features.pipeline import extract_features
 from vitlocal.reproduction import read_results
 from vitlocal.subsets import select_subset, write_manifest

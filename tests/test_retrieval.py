@@ -23,7 +23,7 @@ import torch
 
 from vitlocal.datasets import fair1m
 from vitlocal.studies.outputs import make_output, output_paths
-from vitlocal.studies.runner import concat_results
+from vitlocal.studies.base import concat_results
 from vitlocal.features.degrade import (
     patch_correspondence,
     rotate,

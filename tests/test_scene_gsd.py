@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitlocal.errors import ConfigError, CorruptFileError
-from vitlocal.studies.runner import concat_results
+from vitlocal.studies.base import concat_results
 from vitlocal.models.extractor import build_extractor
 from vitlocal.models.registry import resolve
 from vitlocal.studies.scene import figures

@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio as tm_psnr
 
 import vitlocal.models.archs  # noqa: F401  (registers the MAE-with-decoder arch)
-from vitlocal.studies.runner import concat_results
+from vitlocal.studies.base import concat_results
 from vitlocal.studies.scene import figures
 from vitlocal.studies.scene.reconstruction import SSIM_PAD, image_metrics, patch_region, reconstruct
 

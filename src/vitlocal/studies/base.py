@@ -152,3 +152,23 @@ class Study:
     name: str
     experiments: Mapping[str, Experiment]
     outputs: Mapping[str, Output]
+
+
+NUMERIC_COLUMNS = ("value", "layer", "rank", "dim")
+
+
+def concat_results(paths: Sequence[str]) -> pd.DataFrame:
+    """All rows (and extra columns) of several experiment CSVs as one frame.
+
+    Text columns stay text (an empty level is ``""``, not NaN); the numeric
+    ones are parsed, an empty layer becoming ``<NA>``.
+    """
+    frames = []
+    for path in paths:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        for column in NUMERIC_COLUMNS:
+            if column in table:
+                values = pd.to_numeric(table[column].replace("", None), errors="raise")
+                table[column] = values if column == "value" else values.astype("Int64")
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)

@@ -10,7 +10,7 @@ import pandas as pd
 from ..errors import ConfigError
 from . import output
 from .base import SUFFIXES
-from .runner import concat_results
+from .base import concat_results
 
 
 def output_paths(figure: str, results_dir: str | Path) -> dict[str, str]:

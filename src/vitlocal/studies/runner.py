@@ -1,4 +1,4 @@
-"""Run one experiment job, or read several experiments' rows back, without Snakemake.
+"""Run one experiment job without Snakemake.
 
 The registry (``vitlocal.studies``) knows which files an experiment reads and
 what to do with them; the rule ``run_experiment`` and tests both come here.
@@ -8,7 +8,7 @@ reproduction.py).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -25,23 +25,3 @@ def run_experiment(
     ``config``: the validated workflow config (probe settings, seed, device).
     """
     return experiment(name).run(ExperimentJob(name, model, inputs, params, config))
-
-
-NUMERIC_COLUMNS = ("value", "layer", "rank", "dim")
-
-
-def concat_results(paths: Sequence[str]) -> pd.DataFrame:
-    """All rows (and extra columns) of several experiment CSVs as one frame.
-
-    Text columns stay text (an empty level is ``""``, not NaN); the numeric
-    ones are parsed, an empty layer becoming ``<NA>``.
-    """
-    frames = []
-    for path in paths:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        for column in NUMERIC_COLUMNS:
-            if column in table:
-                values = pd.to_numeric(table[column].replace("", None), errors="raise")
-                table[column] = values if column == "value" else values.astype("Int64")
-        frames.append(table)
-    return pd.concat(frames, ignore_index=True)

@@ -180,7 +180,7 @@ def _cell(value: float, lo: float, hi: float, rank) -> str:
 def write_card_files(paths: Sequence[str], model: str, models: Sequence[str], out: dict,
                      main_train_set: str = "set4") -> pd.DataFrame:
     """What the ``card`` rule calls: the CSVs of every carded model -> ``model``'s card files."""
-    from ...studies.runner import concat_results
+    from ..base import concat_results
 
     return card(concat_results(list(paths)), model, models, out["pdf"], out["png"], out["json"], out["csv"],
                 main_train_set)
@@ -188,7 +188,7 @@ def write_card_files(paths: Sequence[str], model: str, models: Sequence[str], ou
 
 def write_table_files(paths: Sequence[str], models: Sequence[str], out: dict) -> pd.DataFrame:
     """What the ``cards`` rule calls."""
-    from ...studies.runner import concat_results
+    from ..base import concat_results
 
     for path in (out["csv"], out["tex"], out["md"]):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
