@@ -22,6 +22,7 @@ import reference_models as ref
 import torch
 
 from vitlocal.datasets import fair1m
+from vitlocal.errors import ConfigError
 from vitlocal.experiments.outputs import make_output, output_paths
 from vitlocal.experiments.runner import concat_results
 from vitlocal.features.degrade import (
@@ -31,7 +32,7 @@ from vitlocal.features.degrade import (
     shift_horizontal,
 )
 from vitlocal.features.pipeline import extract_feature_files
-from vitlocal.features.store import read_features
+from vitlocal.features.store import read_features, write_features
 from vitlocal.layout import Layout
 from vitlocal.probes.knn import nearest_neighbors
 from vitlocal.reproduction import compare, load_published, read_results, write_report
@@ -42,7 +43,10 @@ from vitlocal.studies.retrieval.compute import (
     categorise,
     category_counts,
     nearest_patches,
+    patch_index,
+    ranked_dims,
     retrieval_rows,
+    search_settings,
     upper_bound,
 )
 from vitlocal.synthetic import generate
@@ -306,3 +310,137 @@ def test_experiment_reads_every_variant_and_fig11_falls_back(paper_config, demo_
     assert fig11_models({**demo, "retrieval": wanted}) == ["dino", "ibot", "dinov2"]  # the demo has all three
     mae_only = {**demo, "retrieval_models": ["mae"], "retrieval": wanted}
     assert fig11_models(mae_only) == ["mae"]  # none configured: every retrieval model, the missing ones named
+
+
+# --------------------------------------------------------------------------- hand-built feature files
+
+#: A non-square patch grid (rows, cols): row-major index = row * cols + col.
+GRID23 = (2, 3)
+B777 = fair1m.CLASS_INDEX["Boeing777"]
+
+
+def _meta(crop: str, labels, source=None) -> pd.DataFrame:
+    rows, cols = np.divmod(np.arange(GRID23[0] * GRID23[1]), GRID23[1])
+    meta = pd.DataFrame({"sample_id": crop, "tile_id": 0, "patch_row": rows, "patch_col": cols,
+                         "label": np.asarray(labels, dtype=np.uint8), "image_h": 224, "image_w": 224})
+    if source is not None:
+        meta["source_patch"] = np.asarray(source, dtype=np.int64)
+    return meta
+
+
+def _write_toy(path: Path, crops: list[tuple[str, np.ndarray, list, list | None]], variant: str = "clean") -> str:
+    """One feature file of 2x3-patch crops: (crop id, features (6, C), labels, source patches or None)."""
+    meta = pd.concat([_meta(c, labels, source) for c, _, labels, source in crops], ignore_index=True)
+    x = np.concatenate([f for _, f, _, _ in crops]).astype(np.float32)
+    attrs = {"model": "toy", "arch": "vit_test", "weights": "random", "variant": variant, "dataset": "fair1m",
+             "split": "train", "preset": "test", "patch_labels": "nearest_exact", "seed": 0,
+             "data_source": "synthetic"}
+    write_features(path, meta, {12: x}, None, attrs, dtype="float32")
+    return str(path)
+
+
+def _toy_manifest(crops: dict[str, str]) -> pd.DataFrame:
+    """Crop id -> the FAIR1M scene (image) it was cut from."""
+    return pd.DataFrame({"sample_id": list(crops), "image_path": list(crops.values()), "x0": 0, "y0": 0,
+                         "crop_size": 224, "classes": str(B737), "dropped_boxes": [0, 1, 2][: len(crops)],
+                         "selected_for": B737})
+
+
+def _counts(rows: pd.DataFrame, experiment: str, model: str = "toy") -> dict[str, int]:
+    mine = rows[(rows["experiment"] == experiment) & (rows["model"] == model) & (rows["metric"] == "count")]
+    return {c: int(v) for c, v in zip(mine["class"], mine["value"]) if c in CATEGORIES}
+
+
+@pytest.fixture(scope="module")
+def two_crops_of_one_scene(tmp_path_factory):
+    """Crops A1, A2 cut from scene a.tif, B1 from scene b.tif; one-hot gallery features on a 2x3 grid.
+
+    Two Boeing737 queries of A1 ("shift-1") point mostly at their same patch
+    (A1 patch (1, 0) = index 3, and A1 patch (0, 1) = index 1), less at A2's
+    patch 0 (a Boeing747: same super class) and least at B1's patch 0 (a
+    Small Car: another object). So, by the protocol: Fig 6 finds the same
+    patch for both; Fig 7 excluding the crop finds A2's Boeing747, excluding
+    the scene B1's car.
+    """
+    work = tmp_path_factory.mktemp("toy")
+    eye = 3 * np.eye(18, dtype=np.float32)
+    bg = [BG] * 6
+    gallery = _write_toy(work / "clean.parquet", [
+        ("A1", eye[0:6], [B737] * 6, None),
+        ("A2", eye[6:12], [B747, *bg[1:]], None),
+        ("B1", eye[12:18], [CAR, *bg[1:]], None),
+    ])
+    queries = np.zeros((6, 18), dtype=np.float32)
+    for q, same in ((0, 3), (1, 1)):  # query patch -> its same patch in A1
+        queries[q, same], queries[q, 6], queries[q, 12] = 1.0, 0.5, 0.25
+    variant = _write_toy(work / "shift-1.parquet", [("A1", queries, [B737, B737, *bg[2:]], [3, 1, -1, -1, -1, -1])],
+                         variant="shift-1")
+    return gallery, {"shift-1": variant}, _toy_manifest({"A1": "a.tif", "A2": "a.tif", "B1": "b.tif"})
+
+
+def test_same_patch_on_a_non_square_grid(two_crops_of_one_scene):
+    """``source_patch`` is row-major (row * cols + col); the gallery's index must be the same on a 2x3 grid."""
+    gallery, queries, manifest = two_crops_of_one_scene
+    rows = retrieval_rows("toy", gallery, queries, manifest, device="cpu")
+    assert _counts(rows, "fair1m_retrieval") == {**dict.fromkeys(CATEGORIES, 0), "same_patch": 2}
+    np.testing.assert_array_equal(patch_index(np.array([0, 1, 1]), np.array([2, 0, 2]), (2, 3)), [2, 3, 5])
+    settings = json.loads(rows["settings"].iloc[-1])
+    assert settings["grid"] == [2, 3] and settings["dropped_boxes"] == 3  # the manifest's 0 + 1 + 2
+
+
+@pytest.mark.parametrize("unit,found", [("crop", "same_super"), ("scene", "other_object")])
+def test_fig7_excludes_the_crop_or_the_scene(two_crops_of_one_scene, unit, found):
+    gallery, queries, manifest = two_crops_of_one_scene
+    rows = retrieval_rows("toy", gallery, queries, manifest, exclude_own=unit, device="cpu")
+    assert _counts(rows, "fair1m_retrieval_exclude_own") == {**dict.fromkeys(CATEGORIES, 0), found: 2}
+    assert {json.loads(s)["exclude_own"] for s in rows.loc[rows["experiment"] != "fair1m_stats", "settings"]} \
+        == {unit}
+
+
+def test_exclude_own_defaults_to_the_crop_and_refuses_other_units(two_crops_of_one_scene, paper_config):
+    gallery, queries, manifest = two_crops_of_one_scene
+    assert search_settings(paper_config)["exclude_own"] == "crop"
+    assert search_settings({})["exclude_own"] == "crop"
+    with pytest.raises(ConfigError, match="exclude_own"):
+        retrieval_rows("toy", gallery, queries, manifest, exclude_own="image", device="cpu")
+    with pytest.raises(ConfigError, match="two scenes"):  # one scene only: nothing left outside it
+        retrieval_rows("toy", gallery, queries, manifest.assign(image_path="a.tif"), exclude_own="scene",
+                       device="cpu")
+
+
+def test_ranked_dims_are_the_largest_variances():
+    x = np.array([[0, 0, 0], [1, 3, -2], [-1, -3, 2]], dtype=np.float32)  # variances 2/3, 6, 8/3
+    np.testing.assert_array_equal(ranked_dims(x, 2), [1, 2])
+
+
+@pytest.fixture(scope="module")
+def variance_case(tmp_path_factory):
+    """Dim 0 varies most over the gallery, dim 1 over the queries (hand-computed below)."""
+    work = tmp_path_factory.mktemp("variance")
+    g = np.array([[10, 0, 0, 0], [-10, 0, 0, 0], [0, 1, 1, 0], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
+    bg = [BG] * 6
+    gallery = _write_toy(work / "clean.parquet", [("A1", g, [BG, BG, B737, BG, BG, BG], None),
+                                                  ("B1", np.zeros((6, 4), np.float32), bg, None)])
+    q = np.zeros((6, 4), np.float32)
+    q[0], q[1] = [0, 10, 1, 0], [0, -10, 0, 1]
+    queries = _write_toy(work / "shift-1.parquet", [("A1", q, [B737, B737, *bg[2:]], [-1] * 6)], variant="shift-1")
+    return gallery, {"shift-1": queries}, _toy_manifest({"A1": "a.tif", "B1": "b.tif"})
+
+
+def test_removed_dims_are_ranked_on_the_gallery(variance_case):
+    """Gallery's top dim is 0: without it, query 0 ([_, 10, 1, 0]) is nearest the background patch [_, 2, 0, 0]
+    (score 20 > 11) and query 1 ([_, -10, 0, 1]) scores 0 first at gallery patch 0 (background). Removing the
+    queries' top dim (1) instead would send query 0 to the Boeing737 patch [0, _, 1, 0]."""
+    gallery, queries, manifest = variance_case
+    rows = retrieval_rows("toy", gallery, queries, manifest, removed=1, device="cpu")
+    assert set(rows["model"]) == {"toy", "toy-1"}
+    assert _counts(rows, "fair1m_retrieval", "toy-1") == {**dict.fromkeys(CATEGORIES, 0), "background": 2}
+    settings = json.loads(rows.loc[rows["model"] == "toy-1", "settings"].iloc[-1])
+    assert (settings["removed_dims"], settings["dims"]) == (1, 3)
+
+
+@pytest.mark.parametrize("m", [4, 5])
+def test_removed_dims_that_leave_nothing_are_refused(variance_case, m):
+    gallery, queries, manifest = variance_case
+    with pytest.raises(ConfigError, match=rf"retrieval.removed_dims = {m}: model 'toy' has 4 dimensions"):
+        retrieval_rows("toy", gallery, queries, manifest, removed=m, device="cpu")
