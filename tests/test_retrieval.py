@@ -163,8 +163,9 @@ BG = fair1m.BACKGROUND
 #: Gallery: crop 0 (image 0) patches 0-3, crop 1 (image 1) patch 0; one unit vector each.
 G_CROP, G_PATCH, G_LABEL = np.array([0, 0, 0, 0, 1]), np.array([0, 1, 2, 3, 0]), np.array([B737, B747, CAR, BG, B737])
 #: Queries of crop 0, all Boeing737: (gallery row they copy, their same patch) and the known answer.
-QUERIES = [(0, 0, "same_patch"), (4, 2, "same_fine"), (1, 0, "same_super"), (2, 0, "other_object"),
+QUERIES = [(0, 0, "same_patch"), (4, 0, "same_fine"), (1, 0, "same_super"), (2, 0, "other_object"),
            (3, 0, "background"), (0, -1, "same_fine")]  # the last one left the crop: no same patch
+# (The second finds patch 0 of crop 1, not of its own crop 0: the same index in another crop is no same patch.)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -260,6 +261,9 @@ def test_rows_count_every_query_once(scalemae_rows):
         mine = rows[(rows["experiment"] == "fair1m_retrieval") & (rows["model"] == model) & (rows["level"] == level)
                     & (rows["metric"] == "count")].set_index("class")["value"]
         assert cumulative["count_same_finegrained_class"] == mine["same_patch"] + mine["same_fine"]
+        assert cumulative["count_queries"] == mine["queries"]
+        for metric in ("same_patch", "same_finegrained_class", "same_supercategory"):
+            assert cumulative[f"share_{metric}"] == pytest.approx(cumulative[f"count_{metric}"] / mine["queries"])
     stats = rows[(rows["experiment"] == "fair1m_stats") & (rows["model"] == "scalemae")].set_index(["class", "metric"])
     assert stats.loc[("all", "count_patches"), "value"] == 16 * len(manifest)
     per_class = stats.xs("count_object_patches", level="metric")["value"]
@@ -444,3 +448,42 @@ def test_removed_dims_that_leave_nothing_are_refused(variance_case, m):
     gallery, queries, manifest = variance_case
     with pytest.raises(ConfigError, match=rf"retrieval.removed_dims = {m}: model 'toy' has 4 dimensions"):
         retrieval_rows("toy", gallery, queries, manifest, removed=m, device="cpu")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _rotation_row(model: str, metric: str, value: float) -> dict:
+    return {"experiment": "fair1m_rotation", "dataset": "fair1m", "model": model, "probe": "none", "layer": None,
+            "level": "rotate-5", "class": "all_nonbg", "metric": metric, "value": value, "preset": "test",
+            "weights": "url:x.pth", "knn_metric": "dot", "patch_labels": "nearest_exact", "data": "official"}
+
+
+def test_report_compares_fig6_as_shares_of_each_sides_queries():
+    """Published (paper, rotate 5 deg): supervised 1,560 same patches of 5,850 queries; DINOv2 1,527 of 7,623.
+
+    Ours: 1,500 of 6,000 queries and 1,527 of 7,000. The counts are shown,
+    but only the shares are compared: 0.25 - 1560/5850 and 1527/7000 - 1527/7623.
+    """
+    ours = pd.DataFrame([_rotation_row("supervised", "count_same_patch", 1500),
+                         _rotation_row("supervised", "count_queries", 6000),
+                         _rotation_row("supervised", "share_same_patch", 0.25),
+                         _rotation_row("dinov2", "count_same_patch", 1527),
+                         _rotation_row("dinov2", "count_queries", 7000),
+                         _rotation_row("dinov2", "share_same_patch", 1527 / 7000)])
+    ours["layer"] = pd.array(ours["layer"], dtype="Int64")
+    everything = compare(ours, load_published())
+    result = everything[everything["level"] == "rotate-5"].set_index(["model", "metric"])
+    share = result.loc[("supervised", "share_same_patch")]
+    assert share["status"] == "compared" and share["published"] == pytest.approx(1560 / 5850)
+    assert share["difference"] == pytest.approx(0.25 - 1560 / 5850)
+    assert result.loc[("dinov2", "share_same_patch"), "difference"] == pytest.approx(1527 / 7000 - 1527 / 7623)
+    for model, count, published, queries, their_queries in (("supervised", 1500, 1560, 6000, 5850),
+                                                            ("dinov2", 1527, 1527, 7000, 7623)):
+        shown = result.loc[(model, "count_same_patch")]
+        assert (shown["ours"], shown["published"]) == (count, published) and pd.isna(shown["difference"])
+        assert shown["status"] != "compared" and pd.isna(shown["within_tolerance"])
+        assert tuple(result.loc[(model, "count_queries"), ["ours", "published"]]) == (queries, their_queries)
+    # The other published counts of rotate-5 are listed as not computed, their shares too.
+    missing = everything[everything["status"] == "not computed"]
+    assert {"share_same_finegrained_class", "count_same_finegrained_class"} <= set(missing["metric"])

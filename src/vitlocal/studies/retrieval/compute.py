@@ -32,7 +32,9 @@ Rows (``RESULT_COLUMNS``, probe ``none``, ``knn_metric`` the similarity):
 - ``fair1m_rotation``: the published vocabulary for integer rotations: class
   ``all_nonbg``, ``count_same_patch``, ``count_same_finegrained_class``
   (same patch or same fine class) and ``count_same_supercategory`` (... or
-  same super class): cumulative, as the authors counted.
+  same super class): cumulative, as the authors counted; each also as
+  ``share_*`` of ``count_queries`` (the report compares shares: the
+  authors' denominator is fixed across rotations, ours is not).
 - ``fair1m_stats`` (level empty): ``count_patches`` (class ``all``, the
   gallery), ``count_nonbg_query_patches`` (class ``all_nonbg``: the object
   patches of the clean crops; the authors' count, the same at every rotation),
@@ -373,9 +375,13 @@ def _variant_rows(model: str, variant: str, n: int, bound: int, found: Mapping[s
         if experiment == EXPERIMENT and variant.startswith("rotate-") and float(variant[7:]).is_integer():
             # The published rows (rotate-5 ... rotate-20); their level regex takes whole degrees only.
             level = f"rotate-{int(float(variant[7:]))}"
+            common = {"experiment": "fair1m_rotation", "model": model, "level": level, "class": "all_nonbg"}
+            rows.append({**common, "metric": "count_queries", "value": float(n)})
             for metric, parts in CUMULATIVE.items():
-                rows.append({"experiment": "fair1m_rotation", "model": model, "level": level, "class": "all_nonbg",
-                             "metric": metric, "value": float(sum(counts[c] for c in parts))})
+                count = sum(counts[c] for c in parts)
+                rows.append({**common, "metric": metric, "value": float(count)})
+                rows.append({**common, "metric": "share" + metric[len("count"):],
+                             "value": count / n if n else float("nan")})
     return pd.DataFrame(rows)
 
 
