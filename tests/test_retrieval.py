@@ -291,6 +291,7 @@ def test_rows_feed_the_report_and_every_output(scalemae_rows, tmp_path):
     fig6 = pd.read_csv(output_paths("fig6", tmp_path)["csv"])
     assert set(fig6["model"]) == {"scalemae", "scalemae-12"} and set(fig6["data"]) == {"synthetic"}
     assert set(pd.read_csv(output_paths("fig11", tmp_path)["csv"])["missing_models"]) == {"dino;ibot;dinov2"}
+    assert set(pd.read_csv(output_paths("fig7", tmp_path)["csv"])["exclude_own"]) == {"crop"}  # the default
     table3 = pd.read_csv(output_paths("table3", tmp_path)["csv"]).set_index("class")
     shown = concat_results([str(csv)])
     boeing = shown[(shown["class"] == "Boeing737") & (shown["metric"] == "count_object_patches")]["value"].iloc[0]
@@ -487,3 +488,21 @@ def test_report_compares_fig6_as_shares_of_each_sides_queries():
     # The other published counts of rotate-5 are listed as not computed, their shares too.
     missing = everything[everything["status"] == "not computed"]
     assert {"share_same_finegrained_class", "count_same_finegrained_class"} <= set(missing["metric"])
+
+
+def test_published_vocabulary_on_the_hand_built_case(two_crops_of_one_scene):
+    """As a whole-degree rotation, the two queries give the authors' cumulative counts and subset sizes.
+
+    Both find their same patch: same patch 2, "same fine-grained class" 2 and
+    "same super category" 2 (cumulative), of 2 queries. The clean gallery has
+    18 patches, 8 of them object patches (A1: 6, A2: 1, B1: 1).
+    """
+    gallery, queries, manifest = two_crops_of_one_scene
+    rows = retrieval_rows("toy", gallery, {"rotate-5": queries["shift-1"]}, manifest, device="cpu")
+    rotation = rows[rows["experiment"] == "fair1m_rotation"].set_index("metric")["value"].to_dict()
+    assert rotation == {"count_queries": 2, "count_same_patch": 2, "share_same_patch": 1.0,
+                        "count_same_finegrained_class": 2, "share_same_finegrained_class": 1.0,
+                        "count_same_supercategory": 2, "share_same_supercategory": 1.0}
+    stats = rows[rows["experiment"] == "fair1m_stats"].set_index(["class", "metric"])["value"]
+    assert stats[("all", "count_patches")] == 18 and stats[("all_nonbg", "count_nonbg_query_patches")] == 8
+    assert stats[("Boeing737", "count_object_patches")] == 6 and stats[("Boeing747", "count_object_patches")] == 1

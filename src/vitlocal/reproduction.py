@@ -65,8 +65,10 @@ STUDY_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "`count_same_finegrained_class` counts same patch or same fine class, `count_same_supercategory` "
             "adds the same super class (cumulative, as the authors counted); the figures show the exclusive "
             "categories same patch > same fine > same super > other object > background.",
-            "Fig. 7 (`fair1m_retrieval_exclude_own`) masks every crop of the query's source image out of the "
-            "gallery; no published numbers exist for it, nor for shifts, scales, blur or noise.",
+            "Fig. 7 (`fair1m_retrieval_exclude_own`) masks the query's own 224-px crop (the paper's \"image\": "
+            "295 images of 196 patches) out of the gallery, or with `retrieval.exclude_own: scene` every crop of "
+            "its FAIR1M scene (rows' `settings`); no published numbers exist for it, nor for shifts, scales, blur "
+            "or noise.",
         ),
     ),
     "Denoising ViT — raw vs DVT-denoised features on each study's task (table_dvt; not in the paper)": (
