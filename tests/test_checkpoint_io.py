@@ -16,9 +16,12 @@ import types
 import pytest
 import torch
 
+import reference_models as ref
 from vitlocal.errors import CorruptFileError
 from vitlocal.models.checkpoint_io import Foreign, load_checkpoint
-from vitlocal.models.extractor import read_checkpoint
+from vitlocal.models.extractor import build_model, read_checkpoint
+from vitlocal.models.registry import resolve
+from vitlocal.models.weights import weights_path
 
 ABSENT = "vitlocal_absent_yacs.config"
 
@@ -29,7 +32,7 @@ def _state_dict() -> dict[str, torch.Tensor]:
             "encoder.cls_token": torch.randn(1, 1, 4, generator=generator)}
 
 
-def _save_with_absent_class(path, protocol: int) -> dict[str, torch.Tensor]:
+def _save_with_absent_class(path, protocol: int, weights: dict | None = None) -> dict[str, torch.Tensor]:
     """A SimMIM-like checkpoint whose ``config`` is a CfgNode (dict subclass) of a module removed after saving."""
     module = types.ModuleType(ABSENT)
     exec(  # a yacs-like CfgNode: a dict with attribute access and an immutability flag in __dict__
@@ -45,7 +48,7 @@ def _save_with_absent_class(path, protocol: int) -> dict[str, torch.Tensor]:
     try:
         inner = module.CfgNode({"NAME": "simmim_pretrain", "PATCH_SIZE": 16})
         config = module.CfgNode({"MODEL": inner, "SEED": 0, "LAYERS": [1, 2]})
-        weights = _state_dict()
+        weights = _state_dict() if weights is None else weights
         torch.save({"model": weights, "config": config, "epoch": 799}, path, pickle_protocol=protocol)
     finally:
         del sys.modules[ABSENT], sys.modules[package.__name__]
@@ -109,3 +112,17 @@ def test_plain_checkpoints_still_load_weights_only(tmp_path):
     torch.save({"model": _state_dict(), "epoch": 3}, path)
     loaded = load_checkpoint(path)
     torch.testing.assert_close(loaded["model"]["encoder.cls_token"], _state_dict()["encoder.cls_token"])
+
+
+def test_simmim_release_with_its_yacs_config_builds_the_authors_model(tmp_path):
+    """SimMIM's file layout ({model, config: CfgNode, epoch}) -> converter -> the official encoder's tokens."""
+    official = ref.randomize_(ref.SimMIM(img=64, patch=16, dim=48, depth=2, heads=3), seed=0).eval()
+    spec = resolve("simmim", {"model_kwargs": {"img_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3}})
+    path = weights_path(spec, tmp_path)
+    path.parent.mkdir(parents=True)
+    _save_with_absent_class(path, 2, weights=official.state_dict())
+    model = build_model(spec, tmp_path)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = official.encoder(x, mask=torch.zeros(2, 4, 4))
+        torch.testing.assert_close(model.forward_features(x), expected, atol=1e-5, rtol=0)
