@@ -316,3 +316,53 @@ def test_crop_outside_image_is_reported(root):
     row.update(x0=512, y0=0, crop_size=128)
     with pytest.raises(CorruptFileError, match=r"validation/images/0\.tif .*x0=512"):
         fair1m.read_sample(root, row)
+
+
+@pytest.mark.parametrize("dirname", ["labelXml", "labelXmls"])
+def test_xml_without_its_image_is_an_error(tmp_path, dirname):
+    """A label file whose image is missing (a broken unpack) must not silently shrink the subset."""
+    (tmp_path / "validation" / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "validation" / "images" / "3.tif")
+    _write_xml(tmp_path / "validation" / dirname / "3.xml", XML)
+    _write_xml(tmp_path / "validation" / dirname / "4.xml", XML)
+    with pytest.raises(DatasetNotFoundError, match=rf"1 label file\(s\) without their image .*{dirname}/4\.xml"):
+        fair1m.list_images(tmp_path, "validation")
+
+
+def _box(name: str, points) -> str:
+    pts = "".join(f"<point>{x},{y}</point>" for x, y in [*points, points[0]])
+    return f"<object><possibleresult><name>{name}</name></possibleresult><points>{pts}</points></object>"
+
+
+@pytest.mark.filterwarnings("ignore::vitlocal.datasets.fair1m.FewCropsWarning")
+def test_zero_area_boxes_are_counted_warned_and_left_out_of_labels(tmp_path):
+    """Bus [10, 60] x [10, 40] in crop (0, 0); a Small Car on the line y = 100 (x 100..140) has no area,
+    nor a Van shrunk to the point (200, 200).
+
+    The car reaches crops (0, 0) and (128, 0), the van crop (128, 128); only
+    (0, 0) holds a class, so the manifest counts 1 dropped box for it (of 2
+    in the file), and its label map has no car.
+    """
+    (tmp_path / "validation" / "images").mkdir(parents=True)
+    Image.new("RGB", (256, 256)).save(tmp_path / "validation" / "images" / "0.tif")
+    bus = _box("Bus", [(10, 10), (60, 10), (60, 40), (10, 40)])
+    line = _box("Small Car", [(100, 100), (120, 100), (140, 100), (110, 100)])
+    point = _box("Van", [(200, 200)] * 4)
+    _write_xml(tmp_path / "validation" / "labelXml" / "0.xml",
+               f"<annotation><size><width>256</width><height>256</height></size><objects>{bus}{line}{point}"
+               "</objects></annotation>")
+    with pytest.warns(fair1m.DegenerateBoxWarning, match=r"dropped 2 zero-area box\(es\) in 1 label file\(s\): "
+                      r"validation/labelXml/0\.xml \(2\); 1 of them reach the selected crops"):
+        manifest = fair1m.select_crops(tmp_path, "validation", per_class=1, crop_size=128, seed=0)
+    assert manifest[["x0", "y0", "dropped_boxes"]].values.tolist() == [[0, 0, 1]]
+    _, labels = fair1m.read_sample(tmp_path, manifest.iloc[0])
+    assert set(np.unique(labels).tolist()) == {fair1m.CLASS_INDEX["Bus"], fair1m.BACKGROUND}
+    assert fair1m.is_degenerate(np.array([[0, 0], [0, 0], [0, 0], [0, 0]], float))
+    assert not fair1m.is_degenerate(np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float))
+    assert not fair1m.is_degenerate(np.array([[0, 0], [1, 1], [1, 0], [0, 1]], float))  # corners in crossing order
+
+
+def test_non_finite_points_are_refused(tmp_path):
+    bad = _write_xml(tmp_path / "nan.xml", XML.replace("110.0,20.25", "nan,20.25"))
+    with pytest.raises(CorruptFileError, match=r"nan\.xml: object 0: points .* not finite"):
+        fair1m.read_objects(bad)

@@ -22,6 +22,7 @@ import reference_models as ref
 import torch
 
 from vitlocal.datasets import fair1m
+from vitlocal.errors import ConfigError
 from vitlocal.studies.outputs import make_output, output_paths
 from vitlocal.studies.base import concat_results
 from vitlocal.features.degrade import (
@@ -31,7 +32,7 @@ from vitlocal.features.degrade import (
     shift_horizontal,
 )
 from vitlocal.features.pipeline import extract_feature_files
-from vitlocal.features.store import read_features
+from vitlocal.features.store import read_features, write_features
 from vitlocal.layout import Layout
 from vitlocal.probes.knn import nearest_neighbors
 from vitlocal.reproduction import compare, load_published, read_results, write_report
@@ -42,7 +43,10 @@ from vitlocal.studies.retrieval.compute import (
     categorise,
     category_counts,
     nearest_patches,
+    patch_index,
+    ranked_dims,
     retrieval_rows,
+    search_settings,
     upper_bound,
 )
 from vitlocal.synthetic import generate
@@ -159,8 +163,9 @@ BG = fair1m.BACKGROUND
 #: Gallery: crop 0 (image 0) patches 0-3, crop 1 (image 1) patch 0; one unit vector each.
 G_CROP, G_PATCH, G_LABEL = np.array([0, 0, 0, 0, 1]), np.array([0, 1, 2, 3, 0]), np.array([B737, B747, CAR, BG, B737])
 #: Queries of crop 0, all Boeing737: (gallery row they copy, their same patch) and the known answer.
-QUERIES = [(0, 0, "same_patch"), (4, 2, "same_fine"), (1, 0, "same_super"), (2, 0, "other_object"),
+QUERIES = [(0, 0, "same_patch"), (4, 0, "same_fine"), (1, 0, "same_super"), (2, 0, "other_object"),
            (3, 0, "background"), (0, -1, "same_fine")]  # the last one left the crop: no same patch
+# (The second finds patch 0 of crop 1, not of its own crop 0: the same index in another crop is no same patch.)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -256,6 +261,9 @@ def test_rows_count_every_query_once(scalemae_rows):
         mine = rows[(rows["experiment"] == "fair1m_retrieval") & (rows["model"] == model) & (rows["level"] == level)
                     & (rows["metric"] == "count")].set_index("class")["value"]
         assert cumulative["count_same_finegrained_class"] == mine["same_patch"] + mine["same_fine"]
+        assert cumulative["count_queries"] == mine["queries"]
+        for metric in ("same_patch", "same_finegrained_class", "same_supercategory"):
+            assert cumulative[f"share_{metric}"] == pytest.approx(cumulative[f"count_{metric}"] / mine["queries"])
     stats = rows[(rows["experiment"] == "fair1m_stats") & (rows["model"] == "scalemae")].set_index(["class", "metric"])
     assert stats.loc[("all", "count_patches"), "value"] == 16 * len(manifest)
     per_class = stats.xs("count_object_patches", level="metric")["value"]
@@ -283,6 +291,7 @@ def test_rows_feed_the_report_and_every_output(scalemae_rows, tmp_path):
     fig6 = pd.read_csv(output_paths("fig6", tmp_path)["csv"])
     assert set(fig6["model"]) == {"scalemae", "scalemae-12"} and set(fig6["data"]) == {"synthetic"}
     assert set(pd.read_csv(output_paths("fig11", tmp_path)["csv"])["missing_models"]) == {"dino;ibot;dinov2"}
+    assert set(pd.read_csv(output_paths("fig7", tmp_path)["csv"])["exclude_own"]) == {"crop"}  # the default
     table3 = pd.read_csv(output_paths("table3", tmp_path)["csv"]).set_index("class")
     shown = concat_results([str(csv)])
     boeing = shown[(shown["class"] == "Boeing737") & (shown["metric"] == "count_object_patches")]["value"].iloc[0]
@@ -306,3 +315,194 @@ def test_experiment_reads_every_variant_and_fig11_falls_back(paper_config, demo_
     assert fig11_models({**demo, "retrieval": wanted}) == ["dino", "ibot", "dinov2"]  # the demo has all three
     mae_only = {**demo, "retrieval_models": ["mae"], "retrieval": wanted}
     assert fig11_models(mae_only) == ["mae"]  # none configured: every retrieval model, the missing ones named
+
+
+# --------------------------------------------------------------------------- hand-built feature files
+
+#: A non-square patch grid (rows, cols): row-major index = row * cols + col.
+GRID23 = (2, 3)
+B777 = fair1m.CLASS_INDEX["Boeing777"]
+
+
+def _meta(crop: str, labels, source=None) -> pd.DataFrame:
+    rows, cols = np.divmod(np.arange(GRID23[0] * GRID23[1]), GRID23[1])
+    meta = pd.DataFrame({"sample_id": crop, "tile_id": 0, "patch_row": rows, "patch_col": cols,
+                         "label": np.asarray(labels, dtype=np.uint8), "image_h": 224, "image_w": 224})
+    if source is not None:
+        meta["source_patch"] = np.asarray(source, dtype=np.int64)
+    return meta
+
+
+def _write_toy(path: Path, crops: list[tuple[str, np.ndarray, list, list | None]], variant: str = "clean") -> str:
+    """One feature file of 2x3-patch crops: (crop id, features (6, C), labels, source patches or None)."""
+    meta = pd.concat([_meta(c, labels, source) for c, _, labels, source in crops], ignore_index=True)
+    x = np.concatenate([f for _, f, _, _ in crops]).astype(np.float32)
+    attrs = {"model": "toy", "arch": "vit_test", "weights": "random", "variant": variant, "dataset": "fair1m",
+             "split": "train", "preset": "test", "patch_labels": "nearest_exact", "seed": 0,
+             "data_source": "synthetic"}
+    write_features(path, meta, {12: x}, None, attrs, dtype="float32")
+    return str(path)
+
+
+def _toy_manifest(crops: dict[str, str]) -> pd.DataFrame:
+    """Crop id -> the FAIR1M scene (image) it was cut from."""
+    return pd.DataFrame({"sample_id": list(crops), "image_path": list(crops.values()), "x0": 0, "y0": 0,
+                         "crop_size": 224, "classes": str(B737), "dropped_boxes": [0, 1, 2][: len(crops)],
+                         "selected_for": B737})
+
+
+def _counts(rows: pd.DataFrame, experiment: str, model: str = "toy") -> dict[str, int]:
+    mine = rows[(rows["experiment"] == experiment) & (rows["model"] == model) & (rows["metric"] == "count")]
+    return {c: int(v) for c, v in zip(mine["class"], mine["value"]) if c in CATEGORIES}
+
+
+@pytest.fixture(scope="module")
+def two_crops_of_one_scene(tmp_path_factory):
+    """Crops A1, A2 cut from scene a.tif, B1 from scene b.tif; one-hot gallery features on a 2x3 grid.
+
+    Two Boeing737 queries of A1 ("shift-1") point mostly at their same patch
+    (A1 patch (1, 0) = index 3, and A1 patch (0, 1) = index 1), less at A2's
+    patch 0 (a Boeing747: same super class) and least at B1's patch 0 (a
+    Small Car: another object). So, by the protocol: Fig 6 finds the same
+    patch for both; Fig 7 excluding the crop finds A2's Boeing747, excluding
+    the scene B1's car.
+    """
+    work = tmp_path_factory.mktemp("toy")
+    eye = 3 * np.eye(18, dtype=np.float32)
+    bg = [BG] * 6
+    gallery = _write_toy(work / "clean.parquet", [
+        ("A1", eye[0:6], [B737] * 6, None),
+        ("A2", eye[6:12], [B747, *bg[1:]], None),
+        ("B1", eye[12:18], [CAR, *bg[1:]], None),
+    ])
+    queries = np.zeros((6, 18), dtype=np.float32)
+    for q, same in ((0, 3), (1, 1)):  # query patch -> its same patch in A1
+        queries[q, same], queries[q, 6], queries[q, 12] = 1.0, 0.5, 0.25
+    variant = _write_toy(work / "shift-1.parquet", [("A1", queries, [B737, B737, *bg[2:]], [3, 1, -1, -1, -1, -1])],
+                         variant="shift-1")
+    return gallery, {"shift-1": variant}, _toy_manifest({"A1": "a.tif", "A2": "a.tif", "B1": "b.tif"})
+
+
+def test_same_patch_on_a_non_square_grid(two_crops_of_one_scene):
+    """``source_patch`` is row-major (row * cols + col); the gallery's index must be the same on a 2x3 grid."""
+    gallery, queries, manifest = two_crops_of_one_scene
+    rows = retrieval_rows("toy", gallery, queries, manifest, device="cpu")
+    assert _counts(rows, "fair1m_retrieval") == {**dict.fromkeys(CATEGORIES, 0), "same_patch": 2}
+    np.testing.assert_array_equal(patch_index(np.array([0, 1, 1]), np.array([2, 0, 2]), (2, 3)), [2, 3, 5])
+    settings = json.loads(rows["settings"].iloc[-1])
+    assert settings["grid"] == [2, 3] and settings["dropped_boxes"] == 3  # the manifest's 0 + 1 + 2
+
+
+@pytest.mark.parametrize("unit,found", [("crop", "same_super"), ("scene", "other_object")])
+def test_fig7_excludes_the_crop_or_the_scene(two_crops_of_one_scene, unit, found):
+    gallery, queries, manifest = two_crops_of_one_scene
+    rows = retrieval_rows("toy", gallery, queries, manifest, exclude_own=unit, device="cpu")
+    assert _counts(rows, "fair1m_retrieval_exclude_own") == {**dict.fromkeys(CATEGORIES, 0), found: 2}
+    assert {json.loads(s)["exclude_own"] for s in rows.loc[rows["experiment"] != "fair1m_stats", "settings"]} \
+        == {unit}
+
+
+def test_exclude_own_defaults_to_the_crop_and_refuses_other_units(two_crops_of_one_scene, paper_config):
+    gallery, queries, manifest = two_crops_of_one_scene
+    assert search_settings(paper_config)["exclude_own"] == "crop"
+    assert search_settings({})["exclude_own"] == "crop"
+    with pytest.raises(ConfigError, match="exclude_own"):
+        retrieval_rows("toy", gallery, queries, manifest, exclude_own="image", device="cpu")
+    with pytest.raises(ConfigError, match="two scenes"):  # one scene only: nothing left outside it
+        retrieval_rows("toy", gallery, queries, manifest.assign(image_path="a.tif"), exclude_own="scene",
+                       device="cpu")
+
+
+def test_ranked_dims_are_the_largest_variances():
+    x = np.array([[0, 0, 0], [1, 3, -2], [-1, -3, 2]], dtype=np.float32)  # variances 2/3, 6, 8/3
+    np.testing.assert_array_equal(ranked_dims(x, 2), [1, 2])
+
+
+@pytest.fixture(scope="module")
+def variance_case(tmp_path_factory):
+    """Dim 0 varies most over the gallery, dim 1 over the queries (hand-computed below)."""
+    work = tmp_path_factory.mktemp("variance")
+    g = np.array([[10, 0, 0, 0], [-10, 0, 0, 0], [0, 1, 1, 0], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
+    bg = [BG] * 6
+    gallery = _write_toy(work / "clean.parquet", [("A1", g, [BG, BG, B737, BG, BG, BG], None),
+                                                  ("B1", np.zeros((6, 4), np.float32), bg, None)])
+    q = np.zeros((6, 4), np.float32)
+    q[0], q[1] = [0, 10, 1, 0], [0, -10, 0, 1]
+    queries = _write_toy(work / "shift-1.parquet", [("A1", q, [B737, B737, *bg[2:]], [-1] * 6)], variant="shift-1")
+    return gallery, {"shift-1": queries}, _toy_manifest({"A1": "a.tif", "B1": "b.tif"})
+
+
+def test_removed_dims_are_ranked_on_the_gallery(variance_case):
+    """Gallery's top dim is 0: without it, query 0 ([_, 10, 1, 0]) is nearest the background patch [_, 2, 0, 0]
+    (score 20 > 11) and query 1 ([_, -10, 0, 1]) scores 0 first at gallery patch 0 (background). Removing the
+    queries' top dim (1) instead would send query 0 to the Boeing737 patch [0, _, 1, 0]."""
+    gallery, queries, manifest = variance_case
+    rows = retrieval_rows("toy", gallery, queries, manifest, removed=1, device="cpu")
+    assert set(rows["model"]) == {"toy", "toy-1"}
+    assert _counts(rows, "fair1m_retrieval", "toy-1") == {**dict.fromkeys(CATEGORIES, 0), "background": 2}
+    settings = json.loads(rows.loc[rows["model"] == "toy-1", "settings"].iloc[-1])
+    assert (settings["removed_dims"], settings["dims"]) == (1, 3)
+
+
+@pytest.mark.parametrize("m", [4, 5])
+def test_removed_dims_that_leave_nothing_are_refused(variance_case, m):
+    gallery, queries, manifest = variance_case
+    with pytest.raises(ConfigError, match=rf"retrieval.removed_dims = {m}: model 'toy' has 4 dimensions"):
+        retrieval_rows("toy", gallery, queries, manifest, removed=m, device="cpu")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _rotation_row(model: str, metric: str, value: float) -> dict:
+    return {"experiment": "fair1m_rotation", "dataset": "fair1m", "model": model, "probe": "none", "layer": None,
+            "level": "rotate-5", "class": "all_nonbg", "metric": metric, "value": value, "preset": "test",
+            "weights": "url:x.pth", "knn_metric": "dot", "patch_labels": "nearest_exact", "data": "official"}
+
+
+def test_report_compares_fig6_as_shares_of_each_sides_queries():
+    """Published (paper, rotate 5 deg): supervised 1,560 same patches of 5,850 queries; DINOv2 1,527 of 7,623.
+
+    Ours: 1,500 of 6,000 queries and 1,527 of 7,000. The counts are shown,
+    but only the shares are compared: 0.25 - 1560/5850 and 1527/7000 - 1527/7623.
+    """
+    ours = pd.DataFrame([_rotation_row("supervised", "count_same_patch", 1500),
+                         _rotation_row("supervised", "count_queries", 6000),
+                         _rotation_row("supervised", "share_same_patch", 0.25),
+                         _rotation_row("dinov2", "count_same_patch", 1527),
+                         _rotation_row("dinov2", "count_queries", 7000),
+                         _rotation_row("dinov2", "share_same_patch", 1527 / 7000)])
+    ours["layer"] = pd.array(ours["layer"], dtype="Int64")
+    everything = compare(ours, load_published())
+    result = everything[everything["level"] == "rotate-5"].set_index(["model", "metric"])
+    share = result.loc[("supervised", "share_same_patch")]
+    assert share["status"] == "compared" and share["published"] == pytest.approx(1560 / 5850)
+    assert share["difference"] == pytest.approx(0.25 - 1560 / 5850)
+    assert result.loc[("dinov2", "share_same_patch"), "difference"] == pytest.approx(1527 / 7000 - 1527 / 7623)
+    for model, count, published, queries, their_queries in (("supervised", 1500, 1560, 6000, 5850),
+                                                            ("dinov2", 1527, 1527, 7000, 7623)):
+        shown = result.loc[(model, "count_same_patch")]
+        assert (shown["ours"], shown["published"]) == (count, published) and pd.isna(shown["difference"])
+        assert shown["status"] != "compared" and pd.isna(shown["within_tolerance"])
+        assert tuple(result.loc[(model, "count_queries"), ["ours", "published"]]) == (queries, their_queries)
+    # The other published counts of rotate-5 are listed as not computed, their shares too.
+    missing = everything[everything["status"] == "not computed"]
+    assert {"share_same_finegrained_class", "count_same_finegrained_class"} <= set(missing["metric"])
+
+
+def test_published_vocabulary_on_the_hand_built_case(two_crops_of_one_scene):
+    """As a whole-degree rotation, the two queries give the authors' cumulative counts and subset sizes.
+
+    Both find their same patch: same patch 2, "same fine-grained class" 2 and
+    "same super category" 2 (cumulative), of 2 queries. The clean gallery has
+    18 patches, 8 of them object patches (A1: 6, A2: 1, B1: 1).
+    """
+    gallery, queries, manifest = two_crops_of_one_scene
+    rows = retrieval_rows("toy", gallery, {"rotate-5": queries["shift-1"]}, manifest, device="cpu")
+    rotation = rows[rows["experiment"] == "fair1m_rotation"].set_index("metric")["value"].to_dict()
+    assert rotation == {"count_queries": 2, "count_same_patch": 2, "share_same_patch": 1.0,
+                        "count_same_finegrained_class": 2, "share_same_finegrained_class": 1.0,
+                        "count_same_supercategory": 2, "share_same_supercategory": 1.0}
+    stats = rows[rows["experiment"] == "fair1m_stats"].set_index(["class", "metric"])["value"]
+    assert stats[("all", "count_patches")] == 18 and stats[("all_nonbg", "count_nonbg_query_patches")] == 8
+    assert stats[("Boeing737", "count_object_patches")] == 6 and stats[("Boeing747", "count_object_patches")] == 1

@@ -34,6 +34,9 @@ DATA_SOURCES = ("synthetic", "official", "mixed")
 
 #: Row status in the comparison.
 COMPARED, NO_COUNTERPART, NOT_COMPUTED = "compared", "no published counterpart", "not computed"
+#: Status of a Fig 6 count: listed beside its share, which is what is compared (``fig6_published_shares``).
+SHOWN = "count shown beside its share"
+FIG6 = "fair1m_rotation"
 
 #: Default tolerance of "within tolerance": max(ATOL, RTOL * |published|) + digitisation precision.
 ATOL, RTOL = 0.01, 0.01
@@ -69,12 +72,16 @@ STUDY_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "Queries are the object patches of each transformed crop, labelled from the transformed boxes, so "
             "their number changes with the transform. The authors' query count (5,850; 7,623 on DINOv2's "
             "16x16 grid) is the same at every rotation: it is the object patches of the clean crops, which is "
-            "what `fair1m_stats` / `count_nonbg_query_patches` counts here.",
+            "what `fair1m_stats` / `count_nonbg_query_patches` counts here. Fig. 6 is therefore compared as "
+            "shares of the queries (`share_*`: ours of `count_queries` at that rotation, theirs of their fixed "
+            "count); the counts and both query counts are listed beside them, without a difference.",
             "`count_same_finegrained_class` counts same patch or same fine class, `count_same_supercategory` "
             "adds the same super class (cumulative, as the authors counted); the figures show the exclusive "
             "categories same patch > same fine > same super > other object > background.",
-            "Fig. 7 (`fair1m_retrieval_exclude_own`) masks every crop of the query's source image out of the "
-            "gallery; no published numbers exist for it, nor for shifts, scales, blur or noise.",
+            "Fig. 7 (`fair1m_retrieval_exclude_own`) masks the query's own 224-px crop (the paper's \"image\": "
+            "295 images of 196 patches) out of the gallery, or with `retrieval.exclude_own: scene` every crop of "
+            "its FAIR1M scene (rows' `settings`); no published numbers exist for it, nor for shifts, scales, blur "
+            "or noise.",
         ),
     ),
     "Denoising ViT — raw vs DVT-denoised features on each study's task (table_dvt; not in the paper)": (
@@ -155,13 +162,16 @@ def compare(ours: pd.DataFrame, published: pd.DataFrame, *, atol: float = ATOL, 
     """
     ours = _normalise_ours(ours)
     theirs = to_our_keys(published)
+    theirs = pd.concat([theirs, fig6_published_shares(theirs)], ignore_index=True)
     theirs = theirs[theirs["experiment"].isin(set(ours["experiment"]))]
     joined = ours.merge(theirs, on=list(KEY), how="outer", indicator=True)
     joined["status"] = joined["_merge"].map(
         {"both": COMPARED, "left_only": NO_COUNTERPART, "right_only": NOT_COMPUTED}
     ).astype(str)
     joined = joined.drop(columns="_merge")
-    joined["difference"] = joined["ours"] - joined["published"]
+    counts = (joined["experiment"] == FIG6) & joined["metric"].str.startswith("count_") & (joined["status"] == COMPARED)
+    joined.loc[counts, "status"] = SHOWN
+    joined["difference"] = (joined["ours"] - joined["published"]).where(~counts)
     joined["tolerance"] = (rtol * joined["published"].abs()).clip(lower=atol) + joined["published_precision"]
     within = joined["difference"].abs() <= joined["tolerance"] + _FLOAT_SLACK
     joined["within_tolerance"] = within.astype("boolean").where(joined["status"] == COMPARED)
@@ -170,6 +180,32 @@ def compare(ours: pd.DataFrame, published: pd.DataFrame, *, atol: float = ATOL, 
     columns = ["_order", *("_level" if c == "level" else c for c in KEY)]
     joined = joined.sort_values(columns, kind="stable").drop(columns=["_order", "_level"])
     return joined.reset_index(drop=True)
+
+
+def fig6_published_shares(theirs: pd.DataFrame) -> pd.DataFrame:
+    """Published Fig 6 counts as ``share_*`` of the authors' queries, and those queries as ``count_queries``.
+
+    The authors divided by one query count per model (``fair1m_stats`` /
+    ``count_nonbg_query_patches``: 5,850; 7,623 on DINOv2's 16x16 grid), the
+    same at every rotation; ours is the object patches of each rotated crop.
+    Counts with different denominators do not compare; shares do.
+    """
+    counts = theirs[(theirs["experiment"] == FIG6) & theirs["metric"].str.startswith("count_")]
+    totals = theirs[(theirs["experiment"] == "fair1m_stats") & (theirs["metric"] == "count_nonbg_query_patches")]
+    totals = totals.drop_duplicates(["model", "published"])
+    if totals["model"].duplicated().any():
+        twice = sorted(totals["model"][totals["model"].duplicated()])
+        raise ValueError(f"published count_nonbg_query_patches disagree for {twice}")
+    missing = sorted(set(counts["model"]) - set(totals["model"]))
+    if missing:
+        raise ValueError(f"published {FIG6} counts of {missing} have no count_nonbg_query_patches to divide by")
+    denominator = counts["model"].map(totals.set_index("model")["published"])
+    shares = counts.assign(metric="share" + counts["metric"].str[len("count"):],
+                           published=counts["published"] / denominator,
+                           published_metric=counts["published_metric"] + " / count_nonbg_query_patches")
+    queries = counts.assign(metric="count_queries", published=denominator,
+                            published_metric="count_nonbg_query_patches (fair1m_stats)")
+    return pd.concat([shares, queries.drop_duplicates(list(KEY))], ignore_index=True)
 
 
 def _natural(level: str) -> str:

@@ -6,6 +6,14 @@ of side ``s`` is therefore the square ``[x0, x0+s] x [y0, y0+s]``; box areas
 and crop overlaps are computed exactly on these continuous polygons, and
 rasterisation labels a pixel by whether its centre ``(c+0.5, r+0.5)`` lies in
 a box, so an axis-aligned box on integer corners fills exactly its area.
+
+Bad input, by the rule "a missing part of the dataset is an error; a
+documented, expected omission is counted": an image without its XML, or an
+XML without its image, is an error naming the file (a broken unpack changes
+the subset). A zero-area box (all corners on one line or point) covers no
+pixel and no share of any crop: it is dropped, counted per crop in the
+manifest column ``dropped_boxes``, and named in a ``DegenerateBoxWarning``
+(the job's log); the retrieval rows record the total in their ``settings``.
 """
 
 from __future__ import annotations
@@ -70,11 +78,18 @@ XML_DIRNAMES = ("labelXml", "labelXmls")  # both spellings occur in the releases
 _IMAGE_SUFFIXES = (".tif", ".tiff")
 _TRAIN_PARTS = (("train", "part1"), ("train", "part2"), ("train",))
 IMAGE_COLUMNS = ["sample_id", "image_path", "xml_path"]
-MANIFEST_COLUMNS = ["sample_id", "image_path", "xml_path", "x0", "y0", "crop_size", "classes", "selected_for"]
+MANIFEST_COLUMNS = ["sample_id", "image_path", "xml_path", "x0", "y0", "crop_size", "classes", "dropped_boxes",
+                    "selected_for"]
+#: A box of at most this area (px^2) is degenerate: no pixel centre can lie inside it.
+DEGENERATE_AREA = 1e-6
 
 
 class FewCropsWarning(UserWarning):
     """A class has fewer candidate crops left than asked for (the paper's bus had 7 of 8)."""
+
+
+class DegenerateBoxWarning(UserWarning):
+    """Zero-area boxes were dropped (counted in the manifest's ``dropped_boxes``)."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +161,20 @@ def list_images(root: str | os.PathLike, split: str) -> pd.DataFrame:
                     "xml_path": _xml_for(root, part, image.stem),
                 }
             )
+        _refuse_orphan_xmls(root, part, {Path(f).stem for f in files})
     return pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+
+
+def _refuse_orphan_xmls(root: Path, part: tuple[str, ...], image_stems: set[str]) -> None:
+    """An XML without its image: a broken unpack that would silently shrink the subset."""
+    for dirname in XML_DIRNAMES:
+        folder = root.joinpath(*part, dirname)
+        orphans = sorted(x for x in folder.glob("*.xml") if x.stem not in image_stems) if folder.is_dir() else []
+        if orphans:
+            shown = ", ".join(str(x) for x in orphans[:3]) + (", ..." if len(orphans) > 3 else "")
+            raise DatasetNotFoundError(
+                f"FAIR1M: {len(orphans)} label file(s) without their image in {root.joinpath(*part, 'images')} "
+                f"({shown}); expected <stem>.tif beside each XML: is the unpack complete?")
 
 
 # --------------------------------------------------------------------------- XML
@@ -167,6 +195,8 @@ def _parse_points(points_el: ET.Element | None, where: str) -> np.ndarray:
         raise CorruptFileError(
             f"{where}: {len(texts)} points {texts}; expected 4 corners, optionally followed by the first repeated"
         )
+    if not np.isfinite(pts).all():
+        raise CorruptFileError(f"{where}: points {texts} are not finite")
     return pts
 
 
@@ -279,11 +309,16 @@ def clip_to_square(polygon: np.ndarray, x0: float, y0: float, size: float) -> np
     return np.array(poly, dtype=np.float64).reshape(-1, 2)
 
 
+def is_degenerate(points: np.ndarray) -> bool:
+    """A box of (near) zero area: corners on one line or one point."""
+    return polygon_area(convex_corners(points)) <= DEGENERATE_AREA
+
+
 def inside_fraction(points: np.ndarray, x0: float, y0: float, size: float) -> float:
     """Share of a rotated box's area inside the crop square (0 for a degenerate box)."""
     corners = convex_corners(points)
     area = polygon_area(corners)
-    if area <= 0.0:
+    if area <= DEGENERATE_AREA:
         return 0.0
     return polygon_area(clip_to_square(corners, x0, y0, size)) / area
 
@@ -319,6 +354,12 @@ def classes_in_crops(
     return present
 
 
+def _touching(objects: list[FairObject], x0: float, y0: float, size: float) -> int:
+    """How many of ``objects`` reach the closed crop square (their bounding box meets it)."""
+    return sum(bool(np.all((o.points.max(axis=0) >= (x0, y0)) & (o.points.min(axis=0) <= (x0 + size, y0 + size))))
+               for o in objects)
+
+
 def candidate_crops(
     root: str | os.PathLike,
     split: str = "train",
@@ -329,18 +370,23 @@ def candidate_crops(
     """Every grid crop of ``split`` that contains at least one class, in image then grid order.
 
     Columns: sample_id, image_path, xml_path, x0, y0, crop_size, classes
-    (a sorted tuple of fine-class indices present per the ``min_fraction`` rule).
+    (a sorted tuple of fine-class indices present per the ``min_fraction`` rule),
+    dropped_boxes (zero-area boxes reaching the crop, left out of its labels).
     ``attrs["too_small"]`` lists the images smaller than the crop (they give
     no crop), ``attrs["n_images"]`` counts the images read: the cause when
-    classes come up short.
+    classes come up short; ``attrs["degenerate"]`` maps each XML with
+    zero-area boxes to their number.
     """
     stride = crop_size if stride is None else stride
     if crop_size <= 0 or stride <= 0:
         raise ConfigError(f"FAIR1M crops: crop_size={crop_size} and stride={stride} must be positive")
-    rows, too_small = [], []
+    rows, too_small, degenerate = [], [], {}
     images = list_images(root, split).to_dict("records")
     for image in images:
         annotation = read_annotation(Path(root, image["xml_path"]))
+        dropped = [o for o in annotation.objects if is_degenerate(o.points)]
+        if dropped:
+            degenerate[image["xml_path"]] = len(dropped)
         width, height = annotated_size(root, image, annotation)
         if width < crop_size or height < crop_size:
             too_small.append(f"{image['sample_id']} ({width}x{height})")
@@ -355,10 +401,11 @@ def candidate_crops(
                         "y0": y0,
                         "crop_size": crop_size,
                         "classes": tuple(sorted(classes)),
+                        "dropped_boxes": _touching(dropped, x0, y0, crop_size),
                     }
                 )
     pool = pd.DataFrame(rows, columns=MANIFEST_COLUMNS[:-1])
-    pool.attrs.update(too_small=too_small, n_images=len(images), crop_size=crop_size)
+    pool.attrs.update(too_small=too_small, n_images=len(images), crop_size=crop_size, degenerate=degenerate)
     return pool
 
 
@@ -427,6 +474,14 @@ def select_crops(
         )
     manifest = greedy_select(pool, per_class, seed)
     manifest["classes"] = [";".join(map(str, classes)) for classes in manifest["classes"]]
+    degenerate = pool.attrs["degenerate"]
+    if degenerate:
+        files = sorted(degenerate, key=lambda f: (-degenerate[f], f))
+        shown = ", ".join(f"{f} ({degenerate[f]})" for f in files[:5]) + (", ..." if len(files) > 5 else "")
+        warnings.warn(
+            f"FAIR1M {split} under {root}: dropped {sum(degenerate.values())} zero-area box(es) in {len(files)} "
+            f"label file(s): {shown}; {int(manifest['dropped_boxes'].sum())} of them reach the selected crops "
+            f"(manifest column dropped_boxes)", DegenerateBoxWarning, stacklevel=2)
     return manifest[MANIFEST_COLUMNS]
 
 
@@ -457,7 +512,7 @@ def rasterize(objects, x0: float, y0: float, size: int) -> np.ndarray:
     shapes = [(convex_corners(obj.points) - (x0, y0), obj.class_index) for obj in objects]
     shapes = [(c, k, polygon_area(c)) for c, k in shapes]
     for corners, class_index, area in sorted(shapes, key=lambda s: -s[2]):
-        if area > 0.0:
+        if area > DEGENERATE_AREA:  # zero-area boxes: counted in the manifest (``dropped_boxes``)
             _fill_convex(labels, corners, class_index)
     return labels
 

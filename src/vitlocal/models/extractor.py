@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import pickle
 import types
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -131,21 +130,21 @@ def _pos_embed_from_checkpoint(self: nn.Module, x: torch.Tensor) -> torch.Tensor
 
 
 def read_checkpoint(path: Path) -> Any:
-    """Object stored in a checkpoint file (safetensors dict, or whatever the torch pickle holds).
+    """Object stored in a checkpoint file (safetensors dict, or what the torch pickle holds).
 
-    Pickles are first read with ``weights_only=True``; official checkpoints that
-    also pickle their training config (argparse / yacs objects) fall back to a
-    full unpickle: they come from the registry's official URLs.
+    Pickles go through ``checkpoint_io.load_checkpoint``: ``weights_only``
+    first; official files that also pickle their training config (SimMIM's
+    yacs ``CfgNode``, argparse objects) load with inert stand-ins for those
+    classes, never importing or running the code a pickle names.
     """
+    from vitlocal.models.checkpoint_io import load_checkpoint
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            return torch.load(path, map_location="cpu", weights_only=False)
+        return load_checkpoint(path)
     except Exception as err:  # a broken pickle can fail with almost any exception type
         raise CorruptFileError(f"cannot read checkpoint {path}: {err}") from err
 

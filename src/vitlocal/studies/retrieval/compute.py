@@ -18,8 +18,11 @@ paper: raw dot product) falls in one category, first match wins:
 
 ``upper_bound`` is the share of queries that have a same patch at all (a
 transform can move a patch's centre out of the crop). Fig 7 repeats the
-search with every crop of the query's own source image masked out of the
-gallery, inside the blockwise product (``nearest_patches``).
+search with the query's own image masked out of the gallery, inside the
+blockwise product (``nearest_patches``). The paper's "image" is the 224-px
+crop (295 images of 196 patches): ``retrieval.exclude_own: crop`` (default)
+masks the query's crop only; ``scene`` masks every crop cut from the same
+FAIR1M scene (the manifest's ``image_path``).
 
 Rows (``RESULT_COLUMNS``, probe ``none``, ``knn_metric`` the similarity):
 
@@ -29,7 +32,9 @@ Rows (``RESULT_COLUMNS``, probe ``none``, ``knn_metric`` the similarity):
 - ``fair1m_rotation``: the published vocabulary for integer rotations: class
   ``all_nonbg``, ``count_same_patch``, ``count_same_finegrained_class``
   (same patch or same fine class) and ``count_same_supercategory`` (... or
-  same super class): cumulative, as the authors counted.
+  same super class): cumulative, as the authors counted; each also as
+  ``share_*`` of ``count_queries`` (the report compares shares: the
+  authors' denominator is fixed across rotations, ours is not).
 - ``fair1m_stats`` (level empty): ``count_patches`` (class ``all``, the
   gallery), ``count_nonbg_query_patches`` (class ``all_nonbg``: the object
   patches of the clean crops; the authors' count, the same at every rotation),
@@ -38,7 +43,8 @@ Rows (``RESULT_COLUMNS``, probe ``none``, ``knn_metric`` the similarity):
 
 Each model's job also writes the rows of ``<model>-<m>`` (the top-``m``
 variance dimensions, ranked on the clean gallery, removed from gallery and
-queries) for the models of ``retrieval.removed_models``.
+queries) for the models of ``retrieval.removed_models``; ``m`` must leave
+dimensions (``0 < m < C``, the rule of ``scene.removed_dims`` too).
 """
 
 from __future__ import annotations
@@ -46,7 +52,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,8 +79,8 @@ CUMULATIVE = {
 _SUPER = np.array([*fair1m.SUPERCLASS_INDEX, -1], dtype=np.int64)  # background (37) -> -1
 
 
-class DimensionsWarning(UserWarning):
-    """The configured number of removed dimensions does not fit the model and was reduced."""
+#: What Fig 7 masks out of the gallery for a query (``retrieval.exclude_own``).
+EXCLUDE_UNITS = ("crop", "scene")
 
 
 # --------------------------------------------------------------------------- search
@@ -234,27 +239,41 @@ class _Patches:
         if unknown:
             raise ConfigError(f"{path}: crops {unknown[:3]} are not in the FAIR1M manifest")
         self.grid = (int(meta["patch_row"].max()) + 1, int(meta["patch_col"].max()) + 1)
+        if len(meta) != len(set(meta["sample_id"])) * self.grid[0] * self.grid[1]:
+            raise ConfigError(f"{path}: {len(meta)} patches is not a whole {self.grid[0]}x{self.grid[1]} grid "
+                              f"per crop ({len(set(meta['sample_id']))} crops)")
         label = np.array(meta["label"], dtype=np.int64)
         # Queries keep only their object patches: a tenth of the file, for ~24 files at once.
         keep = label != fair1m.BACKGROUND if source else np.ones(len(label), dtype=bool)
         self.x = layers.pop(self.layer)[keep].astype(np.float32)
         self.crop = meta["sample_id"].map(crop_of).to_numpy(np.int64)[keep]
-        self.patch = (meta["patch_row"].to_numpy(np.int64) * self.grid[1] + meta["patch_col"].to_numpy(np.int64))[keep]
+        self.patch = patch_index(meta["patch_row"].to_numpy(np.int64), meta["patch_col"].to_numpy(np.int64),
+                                 self.grid)[keep]
         self.label = label[keep]
         self.source = meta["source_patch"].to_numpy(np.int64)[keep] if source else None
         self.path = path
 
 
+def patch_index(row: np.ndarray, col: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Row-major index of patch ``(row, col)`` on a ``(rows, cols)`` grid: the ``source_patch`` convention."""
+    return row * grid[1] + col
+
+
 def removed_dims(m: int, n_dims: int, model: str) -> int:
-    """``m`` if it leaves dimensions, else ``n_dims // 4`` with a warning (the demo's 48-dim models)."""
-    if m < 1:
-        raise ConfigError(f"retrieval.removed_dims={m}; expected a positive number of dimensions")
-    if m < n_dims:
-        return m
-    used = max(1, n_dims // 4)
-    warnings.warn(f"{model}: removing {m} of {n_dims} dims would leave none; removing {used} (= C // 4)",
-                  DimensionsWarning, stacklevel=2)
-    return used
+    """``m``, refused unless ``0 < m < n_dims``: removing all dimensions leaves nothing to search.
+
+    The same rule as ``scene.removed_dims``; a smaller model needs its own
+    config value (the demo's 48-dim models: 12), never a silent change.
+    """
+    if not 0 < m < n_dims:
+        raise ConfigError(f"retrieval.removed_dims = {m}: model {model!r} has {n_dims} dimensions; "
+                          f"expected 0 < m < {n_dims}")
+    return m
+
+
+def ranked_dims(gallery_x: np.ndarray, m: int) -> np.ndarray:
+    """The ``m`` dimensions of largest variance over the clean gallery (never the queries: they are the test)."""
+    return top_variance_dims(feature_variance(gallery_x), m)
 
 
 # --------------------------------------------------------------------------- rows
@@ -268,17 +287,22 @@ def retrieval_rows(
     *,
     metric: str = "dot",
     removed: int | None = None,
+    exclude_own: str = "crop",
     block_size: int | None = None,
     device: str | None = "auto",
 ) -> pd.DataFrame:
     """Every row of ``model`` (and of ``<model>-<m>`` when ``removed`` is ``m``): see the module docstring.
 
     ``query_paths``: variant name -> feature file; ``manifest``: the FAIR1M
-    crop manifest (``sample_id``, ``image_path``, ``selected_for``), whose
-    ``image_path`` defines the "own image" of Fig 7.
+    crop manifest (``sample_id``, ``image_path``, ``selected_for``);
+    ``exclude_own`` (``crop`` or ``scene``): the unit Fig 7 masks out.
     """
+    if exclude_own not in EXCLUDE_UNITS:
+        raise ConfigError(f"retrieval.exclude_own = {exclude_own!r}; expected one of {EXCLUDE_UNITS}")
     crop_of = {sid: i for i, sid in enumerate(manifest["sample_id"].astype(str))}
-    image_of_crop = pd.factorize(manifest["image_path"].astype(str))[0].astype(np.int64)
+    # Fig 7's unit per crop id: the crop itself, or the FAIR1M scene it was cut from.
+    own_unit = (np.arange(len(manifest), dtype=np.int64) if exclude_own == "crop"
+                else pd.factorize(manifest["image_path"].astype(str))[0].astype(np.int64))
     gallery = _Patches(gallery_path, crop_of, source=False)
     if gallery.attrs.get("model") != model:
         raise ConfigError(f"{gallery_path} holds features of {gallery.attrs.get('model')!r}, not {model!r}")
@@ -290,12 +314,12 @@ def retrieval_rows(
     # The object patches of every variant, searched in one pass.
     query_x = np.concatenate([gallery.x[:0], *(q.x for q in queries.values())])
     query_crop = np.concatenate([gallery.crop[:0], *(q.crop for q in queries.values())])
-    stats = {"grid": list(gallery.grid)}
+    stats = {"grid": list(gallery.grid), **_omissions(manifest)}
     frames = [_with_provenance(_stats_rows(model, gallery, manifest), gallery, metric, stats)]
     models = [(model, None)]
     if removed is not None:
         m = removed_dims(removed, gallery.x.shape[1], model)
-        models.append((f"{model}-{m}", top_variance_dims(feature_variance(gallery.x), m)))
+        models.append((f"{model}-{m}", ranked_dims(gallery.x, m)))
         frames.append(_with_provenance(_stats_rows(f"{model}-{m}", gallery, manifest), gallery, metric, stats))
     for name, dims in models:
         gallery_x = gallery.x if dims is None else remove_dims(gallery.x, dims)
@@ -304,12 +328,12 @@ def retrieval_rows(
         if len(query_x):
             nearest, outside = nearest_patches(
                 gallery_x, query_x if dims is None else remove_dims(query_x, dims),
-                gallery_group=image_of_crop[gallery.crop], query_group=image_of_crop[query_crop],
+                gallery_group=own_unit[gallery.crop], query_group=own_unit[query_crop],
                 metric=metric, block_size=block_size, device=device)
         log.info("%s: search of %d queries x %d gallery patches (%d dims, %s) took %.2f s", name, len(query_x),
                  len(gallery_x), gallery_x.shape[1], metric, time.perf_counter() - started)
         settings = {**stats, "metric": metric, "gallery_patches": len(gallery_x), "dims": gallery_x.shape[1],
-                    "removed_dims": 0 if dims is None else len(dims)}
+                    "removed_dims": 0 if dims is None else len(dims), "exclude_own": exclude_own}
         start = 0
         for variant, q in queries.items():
             chosen = slice(start, start + len(q.label))
@@ -317,16 +341,24 @@ def retrieval_rows(
             common = {"query_crop": q.crop, "query_label": q.label, "query_source": q.source,
                       "gallery_crop": gallery.crop, "gallery_patch": gallery.patch, "gallery_label": gallery.label}
             found = {EXPERIMENT: category_counts(categorise(nearest[chosen], **common)),
-                     EXCLUDE_OWN: category_counts(categorise(_checked(outside[chosen]), **common))}
+                     EXCLUDE_OWN: category_counts(categorise(_checked(outside[chosen], exclude_own), **common))}
             rows = _variant_rows(name, variant, len(q.label), upper_bound(q.source), found)
             frames.append(_with_provenance(rows, gallery, metric, settings))
     return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
 
 
-def _checked(outside: np.ndarray) -> np.ndarray:
+def _omissions(manifest: pd.DataFrame) -> dict[str, int]:
+    """The counted omissions of the subset, recorded in every row (``fair1m`` module docstring)."""
+    if "dropped_boxes" not in manifest.columns:
+        raise ConfigError("the FAIR1M manifest has no dropped_boxes column: it predates the count of zero-area "
+                          "boxes; delete it so that the subset rule writes it again")
+    return {"dropped_boxes": int(manifest["dropped_boxes"].sum())}
+
+
+def _checked(outside: np.ndarray, unit: str) -> np.ndarray:
     if (outside < 0).any():
-        raise ConfigError("own-image exclusion left no gallery patch for some queries: "
-                          "the FAIR1M subset needs crops from at least two source images")
+        raise ConfigError(f"excluding the query's own {unit} left no gallery patch for some queries: "
+                          f"the FAIR1M subset needs at least two {unit}s")
     return outside
 
 
@@ -343,9 +375,13 @@ def _variant_rows(model: str, variant: str, n: int, bound: int, found: Mapping[s
         if experiment == EXPERIMENT and variant.startswith("rotate-") and float(variant[7:]).is_integer():
             # The published rows (rotate-5 ... rotate-20); their level regex takes whole degrees only.
             level = f"rotate-{int(float(variant[7:]))}"
+            common = {"experiment": "fair1m_rotation", "model": model, "level": level, "class": "all_nonbg"}
+            rows.append({**common, "metric": "count_queries", "value": float(n)})
             for metric, parts in CUMULATIVE.items():
-                rows.append({"experiment": "fair1m_rotation", "model": model, "level": level, "class": "all_nonbg",
-                             "metric": metric, "value": float(sum(counts[c] for c in parts))})
+                count = sum(counts[c] for c in parts)
+                rows.append({**common, "metric": metric, "value": float(count)})
+                rows.append({**common, "metric": "share" + metric[len("count"):],
+                             "value": count / n if n else float("nan")})
     return pd.DataFrame(rows)
 
 
@@ -381,6 +417,7 @@ def search_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The similarity, block size and device of the search, from the workflow config."""
     section = config.get("retrieval", {})
     return {"metric": str(config.get("probes", {}).get("knn_metric", "dot")),
+            "exclude_own": str(section.get("exclude_own", "crop")),
             "block_size": section.get("block_size"), "device": config.get("device", "auto")}
 
 
@@ -390,6 +427,7 @@ def removed_for(model: str, config: Mapping[str, Any]) -> int | None:
     return int(section.get("removed_dims", 200)) if model in section.get("removed_models", ()) else None
 
 
-__all__ = ["CATEGORIES", "CUMULATIVE", "EXCLUDE_OWN", "EXPERIMENT", "categorise", "category_counts",
-           "nearest_patches", "removed_for", "retrieval_rows", "search_settings", "upper_bound"]
+__all__ = ["CATEGORIES", "CUMULATIVE", "EXCLUDE_OWN", "EXCLUDE_UNITS", "EXPERIMENT", "categorise",
+           "category_counts", "nearest_patches", "patch_index", "ranked_dims", "removed_dims", "removed_for",
+           "retrieval_rows", "search_settings", "upper_bound"]
 

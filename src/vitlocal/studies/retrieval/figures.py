@@ -150,10 +150,21 @@ def fig6(rows: pd.DataFrame, out: Mapping[str, str], config: Mapping[str, Any]) 
                             title="Nearest clean patch of each transformed object patch (FAIR1M)")
 
 
+def excluded_unit(rows: pd.DataFrame) -> str:
+    """What Fig 7's rows masked (``retrieval.exclude_own``, from their settings): ``crop`` or ``scene``."""
+    mine = rows.loc[rows["experiment"] == EXCLUDE_OWN, "settings"]
+    units = sorted({json.loads(s).get("exclude_own", "not recorded") for s in mine.drop_duplicates()})
+    if len(units) != 1 or units[0] not in ("crop", "scene"):
+        raise ValueError(f"fig7: the rows' retrieval.exclude_own is {units}; rerun the retrieval jobs")
+    return units[0]
+
+
 def fig7(rows: pd.DataFrame, out: Mapping[str, str], config: Mapping[str, Any]) -> pd.DataFrame:
+    unit = excluded_unit(rows)
+    what = "224-px crop" if unit == "crop" else "FAIR1M scene (every crop cut from it)"
     return _write_retrieval(rows, out, experiment=EXCLUDE_OWN, what="fig7",
-                            title="Nearest clean patch, the query's own source image excluded (FAIR1M)",
-                            note="same patch impossible by construction")
+                            title=f"Nearest clean patch, the query's own {what} excluded (FAIR1M)",
+                            note="same patch impossible by construction", extra={"exclude_own": unit})
 
 
 def fig11(rows: pd.DataFrame, out: Mapping[str, str], config: Mapping[str, Any]) -> pd.DataFrame:
