@@ -153,6 +153,10 @@ def get_extract_input(wildcards):
     }
 
 
+#: The datasets whose frames are resized to ``tracking.frame_size`` (``features.sources.TRACKING``).
+VIDEO_DATASETS = ("bdd100k", "mot17")
+
+
 # Parameters shared by the extraction rules (all wildcards-driven or global).
 EXTRACT_PARAMS = dict(
     dataset=lambda wildcards: wildcards.dataset,
@@ -172,7 +176,8 @@ EXTRACT_PARAMS = dict(
     seed=config["seed"],
     bands=config["degradations"]["frequency_bands"],
     freq_sigma=config["degradations"]["frequency_noise_sigma"],
-    frame_size=config["tracking"]["frame_size"],
+    # Only video frames are resized to it: other datasets do not read it, so it does not rerun them.
+    frame_size=lambda wildcards: config["tracking"]["frame_size"] if wildcards.dataset in VIDEO_DATASETS else None,
 )
 
 
@@ -181,6 +186,7 @@ EXTRACT_PARAMS = dict(
 # each experiment names the files it reads, so nothing here knows one by name.
 
 from vitlocal.studies import EXPERIMENTS, OUTPUTS, STUDY_OF
+from vitlocal.studies.base import config_slice
 
 MAIN_TRAIN = LAYOUT.main_train_set
 
@@ -208,6 +214,19 @@ def experiment_inputs(wildcards):
 def flat_inputs(wildcards):
     """Every file of ``experiment_inputs`` (Snakemake tracks files, not roles)."""
     return flatten(experiment_inputs(wildcards))
+
+
+# A job's params hold exactly the config keys it declares, so Snakemake's params
+# trigger reruns it when one of them changes, and only then.
+def experiment_config(wildcards):
+    """The config keys the experiment declares (``Experiment.config_keys``), all it may read."""
+    return EXPERIMENTS[wildcards.experiment].config_of(config, wildcards.model)
+
+
+def experiment_settings(wildcards):
+    """Roots, layers and variance settings of the declared keys (``Experiment.params``)."""
+    return EXPERIMENTS[wildcards.experiment].params(
+        config, wildcards.model, root_of=dataset_root, depth=MODEL_SPECS[wildcards.model].depth)
 
 
 def demo_subject():
@@ -252,6 +271,33 @@ def experiment_jobs():
     for figure in FIGURES:
         jobs.update(dict.fromkeys(OUTPUTS[figure].jobs(LAYOUT)))
     return list(jobs)
+
+
+def output_config(figure, model=None):
+    """The config keys an output's writer declares (``Output.config_keys``)."""
+    return config_slice(config, OUTPUTS[figure].config_keys, model)
+
+
+def figure_rules(study):
+    """One named target per output of ``study`` drawn from experiment CSVs (`snakemake --cores 8 fig2`)."""
+    for figure in study_outputs(study):
+
+        rule:
+            name:
+                figure
+            input:
+                output_reads(figure),
+            output:
+                **figure_files(figure),
+            params:
+                figure=figure,
+                config=output_config(figure),
+            log:
+                f"{LOGS}/figures/{figure}.log",
+            conda:
+                "../envs/torch.yaml"
+            script:
+                "../scripts/make_figure.py"
 
 
 def figure_files(figure):

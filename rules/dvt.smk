@@ -137,23 +137,7 @@ for _model in DVT_MODELS:
             "../scripts/dvt1_features.py"
 
 
-for _figure in study_outputs("dvt"):
-
-    rule:
-        name:
-            _figure
-        input:
-            output_reads(_figure),
-        output:
-            **figure_files(_figure),
-        params:
-            figure=_figure,
-        log:
-            f"{LOGS}/figures/{_figure}.log",
-        conda:
-            "../envs/torch.yaml"
-        script:
-            "../scripts/make_figure.py"
+figure_rules("dvt")
 
 
 if "fig_dvt" in FIGURES:

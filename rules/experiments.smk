@@ -10,12 +10,8 @@ rule run_experiment:
         table=f"{RESULTS}/experiments/{{experiment}}/{{model}}.csv",
     params:
         inputs=experiment_inputs,
-        settings=lambda wildcards: {
-            "roots": {d: dataset_root(d) for d in DATASETS},
-            "layers": sorted(l for l in config["extraction"]["layers"] if l <= MODEL_SPECS[wildcards.model].depth),
-            "seed": config["seed"],
-            **config["variance"],
-        },
+        settings=experiment_settings,
+        config=experiment_config,
     threads: config["extraction"]["threads"]
     resources:
         gpu=lambda wildcards: int(EXPERIMENTS[wildcards.experiment].gpu),

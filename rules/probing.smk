@@ -2,23 +2,7 @@
 # (src/vitlocal/studies/probing/), and Figs 10, 13 and Table 1 by rules of their own.
 
 # One named target per figure and table (`snakemake --cores 8 fig2`).
-for _figure in study_outputs("probing"):
-
-    rule:
-        name:
-            _figure
-        input:
-            output_reads(_figure),
-        output:
-            **figure_files(_figure),
-        params:
-            figure=_figure,
-        log:
-            f"{LOGS}/figures/{_figure}.log",
-        conda:
-            "../envs/torch.yaml"
-        script:
-            "../scripts/make_figure.py"
+figure_rules("probing")
 
 
 # Fig 13 needs per-pixel predictions of every model on two val images.
@@ -32,6 +16,7 @@ rule predict_qualitative:
     params:
         models=config["study_models"],
         root=lambda wildcards: dataset_root("cityscapes"),
+        config=config_slice(config, ("probes", "seed", "device")),  # ProbeSettings.from_config
     threads: config["extraction"]["threads"]
     resources:
         gpu=1,

@@ -3,20 +3,4 @@
 # job per retrieval model (rules/experiments.smk).
 
 # One named target per figure and table (`snakemake --cores 8 fig6`).
-for _figure in study_outputs("retrieval"):
-
-    rule:
-        name:
-            _figure
-        input:
-            output_reads(_figure),
-        output:
-            **figure_files(_figure),
-        params:
-            figure=_figure,
-        log:
-            f"{LOGS}/figures/{_figure}.log",
-        conda:
-            "../envs/torch.yaml"
-        script:
-            "../scripts/make_figure.py"
+figure_rules("retrieval")

@@ -1,7 +1,7 @@
 # Scale-MAE across ground sample distances (Fig 5) and MAE reconstruction
 # (Table 4, fig_recon) (src/vitlocal/studies/scene/).
 
-from vitlocal.studies.scene import check_scene_config, reconstruction_models, scene_datasets, scene_feature_file
+from vitlocal.studies.scene import FIG_RECON_KEYS, check_scene_config, reconstruction_models, scene_datasets, scene_feature_file
 
 SCENE_SETS = scene_datasets(LAYOUT)
 if SCENE_SETS:
@@ -9,23 +9,7 @@ if SCENE_SETS:
 
 
 # One named target per figure and table drawn from experiment CSVs (`snakemake --cores 8 fig5`).
-for _figure in study_outputs("scene"):
-
-    rule:
-        name:
-            _figure
-        input:
-            output_reads(_figure),
-        output:
-            **figure_files(_figure),
-        params:
-            figure=_figure,
-        log:
-            f"{LOGS}/figures/{_figure}.log",
-        conda:
-            "../envs/torch.yaml"
-        script:
-            "../scripts/make_figure.py"
+figure_rules("scene")
 
 
 # Manifests and (synthetic) data of every scene dataset; the checkpoint is added per model.
@@ -80,6 +64,7 @@ if "fig_recon" in FIGURES:
         params:
             model=reconstruction_models(config)[0],
             root=dataset_root("cityscapes"),
+            config=config_slice(config, FIG_RECON_KEYS, reconstruction_models(config)[0]),
         threads: config["extraction"]["threads"]
         resources:
             gpu=1,

@@ -17,5 +17,5 @@ with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake
     torch.set_num_threads(sm.threads)
     target = EvalTarget.load("cityscapes", sm.params.root, sm.input.manifest)
     models = {m: (t, v) for m, t, v in zip(sm.params.models, sm.input.train, sm.input.val)}
-    record = qualitative_predictions(models, sm.output.npz, target=target, probes=ProbeSettings.from_config(sm.config))
+    record = qualitative_predictions(models, sm.output.npz, target=target, probes=ProbeSettings.from_config(sm.params.config))
     log.info("Fig 13 predictions for %s on %s -> %s", list(models), record["sample_ids"], sm.output.npz)

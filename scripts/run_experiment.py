@@ -9,12 +9,17 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 import torch
 
 from vitlocal.plotting.base import write_csv
+from vitlocal.studies import experiment
+from vitlocal.studies.base import ConfigView
 from vitlocal.studies.runner import run_experiment
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
     sm = snakemake  # noqa: F821
     torch.set_num_threads(sm.threads)
-    rows = run_experiment(sm.wildcards.experiment, sm.wildcards.model, sm.params.inputs, sm.params.settings, sm.config)
+    name, model = sm.wildcards.experiment, sm.wildcards.model
+    # Only the declared keys (the rule's params): an undeclared read fails instead of missing a rerun.
+    config = ConfigView(sm.params.config, experiment(name).keys(sm.config, model), model, owner=f"experiment {name}")
+    rows = run_experiment(name, model, sm.params.inputs, sm.params.settings, config)
     write_csv(rows, sm.output.table)
     log.info("%s/%s: %d rows -> %s", sm.wildcards.experiment, sm.wildcards.model, len(rows), sm.output.table)

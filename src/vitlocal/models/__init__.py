@@ -1,22 +1,22 @@
-"""Models: registry of specs, checkpoint files, and the multi-layer feature extractor."""
+"""Models: registry of specs, checkpoint files, and the multi-layer feature extractor.
 
-from vitlocal.models.extractor import FeatureExtractor, build_extractor, build_model, read_checkpoint
-from vitlocal.models.registry import MODELS, ModelSpec, demo_variant, describe_arch, grid_size, resolve
-from vitlocal.models.weights import download, ensure_weights, sha256_file, weights_path
+The names below are imported on first use (PEP 562): the registry and the
+weights paths, which the Snakefile reads, do not need torch or timm.
+"""
 
-__all__ = [
-    "MODELS",
-    "FeatureExtractor",
-    "ModelSpec",
-    "build_extractor",
-    "build_model",
-    "demo_variant",
-    "describe_arch",
-    "download",
-    "ensure_weights",
-    "grid_size",
-    "read_checkpoint",
-    "resolve",
-    "sha256_file",
-    "weights_path",
-]
+import importlib
+
+_SOURCES = {
+    "extractor": ("FeatureExtractor", "build_extractor", "build_model", "read_checkpoint"),
+    "registry": ("MODELS", "ModelSpec", "demo_variant", "describe_arch", "grid_size", "resolve"),
+    "weights": ("download", "ensure_weights", "sha256_file", "weights_path"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)

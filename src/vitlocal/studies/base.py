@@ -1,10 +1,15 @@
 """What a study registers: its experiments (one job per model) and its outputs.
 
 An :class:`Experiment` says which files it reads, by role, right where it is
-registered (``inputs``), and how to turn them into tidy rows (``run``). An
-:class:`Output` is a named figure or table drawn from experiment CSVs
-(``write``), or made by a rule of its own (``write`` None). The workflow only
-asks these objects; it knows no experiment by name.
+registered (``inputs``), which config keys it reads (``config_keys``), and how
+to turn them into tidy rows (``run``). An :class:`Output` is a named figure or
+table drawn from experiment CSVs (``write``), or made by a rule of its own
+(``write`` None). The workflow only asks these objects; it knows no
+experiment by name.
+
+A job sees only the config keys it declares (:class:`ConfigView`: reading
+any other key is an error), and its rule passes exactly that slice as a
+param, so changing a setting reruns exactly the jobs that read it.
 """
 
 from __future__ import annotations
@@ -12,17 +17,99 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
+from ..errors import ConfigError
 from ..layout import Layout
 
 #: ``{role: path}`` or ``{role: {name: path}}``: the files one experiment job reads.
 Inputs = dict[str, Any]
 
+#: Dotted config keys a job reads: ``"probes"`` (a whole section), ``"tracking.gaps"``, ``"models.{model}"``.
+ConfigKeys = tuple[str, ...]
+
 #: Output kind -> files written under ``results/<preset>/figures/<id>/``.
 SUFFIXES = {"figure": ("pdf", "png", "csv"), "table": ("csv", "tex"), "figure+table": ("csv", "tex", "pdf", "png")}
+
+
+def _key_tree(keys: Sequence[str], model: str | None) -> dict[str, Any]:
+    """``["a.b", "a.c", "d"]`` -> ``{"a": {"b": True, "c": True}, "d": True}`` (True: the whole value)."""
+    tree: dict[str, Any] = {}
+    for key in keys:
+        if "{model}" in key and model is None:
+            raise ConfigError(f"config key {key!r} names the model, but no model was given")
+        parts = key.format(model=model).split(".")
+        node = tree
+        for part in parts[:-1]:
+            if node.get(part) is True:
+                break
+            node = node.setdefault(part, {})
+        else:
+            node[parts[-1]] = True
+    return tree
+
+
+def _slice(config: Mapping[str, Any], tree: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, sub in tree.items():
+        if key in config:
+            value = config[key]
+            out[key] = value if sub is True or not isinstance(value, Mapping) else _slice(value, sub)
+    return out
+
+
+def config_slice(config: Mapping[str, Any], keys: Sequence[str], model: str | None = None) -> dict[str, Any]:
+    """The part of ``config`` that ``keys`` name (nested as in the config; keys absent from it left out).
+
+    What a rule passes as a param: Snakemake reruns the job when it changes.
+    """
+    return _slice(config, _key_tree(keys, model))
+
+
+class ConfigView(Mapping):
+    """Read-only view of the declared ``keys`` of a config: reading any other key raises :class:`ConfigError`.
+
+    Keeps each experiment's ``config_keys`` honest: a setting it reads but
+    does not declare would not rerun it when changed.
+    """
+
+    def __init__(self, config: Mapping[str, Any], keys: Sequence[str] = (), model: str | None = None, *,
+                 owner: str = "this job", _tree: Mapping[str, Any] | None = None, _path: str = ""):
+        self._data = config
+        self._tree = _key_tree(keys, model) if _tree is None else _tree
+        self._path = _path
+        self._owner = owner
+
+    def _check(self, key: str) -> Any:
+        if key not in self._tree:
+            declared = ", ".join(sorted(self._tree)) or "none"
+            raise ConfigError(f"{self._owner} reads config key {self._path}{key!r}, which it does not declare "
+                              f"in its config_keys (declared here: {declared}); declare it where it is registered")
+        return self._tree[key]
+
+    def __getitem__(self, key: str) -> Any:
+        sub = self._check(key)
+        value = self._data[key]
+        if sub is True or not isinstance(value, Mapping):
+            return value
+        return ConfigView(value, owner=self._owner, _tree=sub, _path=f"{self._path}{key}.")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._check(key)
+        return self[key] if key in self._data else default
+
+    def __contains__(self, key: object) -> bool:
+        self._check(key)  # type: ignore[arg-type]
+        return key in self._data
+
+    def __iter__(self):
+        return (key for key in self._tree if key in self._data)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +138,35 @@ class ExperimentJob:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """``run(job) -> rows``; ``inputs(layout, model) -> files by role``; ``gpu``: does the job want one."""
+    """``run(job) -> rows``; ``inputs(layout, model) -> files by role``; ``gpu``: does the job want one;
+    ``config_keys``: every config key ``run`` reads (through ``job.config``, ``job.params`` or ``job.probes``),
+    or ``(config, model) -> keys`` where it depends on the model."""
 
     run: Callable[[ExperimentJob], pd.DataFrame]
     inputs: Callable[[Layout, str], Inputs]
     gpu: bool = True
+    config_keys: ConfigKeys | Callable[[Mapping[str, Any], str], ConfigKeys] = ()
+
+    def keys(self, config: Mapping[str, Any], model: str) -> ConfigKeys:
+        """The config keys the job of ``model`` reads."""
+        return tuple(self.config_keys(config, model) if callable(self.config_keys) else self.config_keys)
+
+    def config_of(self, config: Mapping[str, Any], model: str) -> dict[str, Any]:
+        """The slice of ``config`` the job of ``model`` reads: its rule's ``config`` param."""
+        return config_slice(config, self.keys(config, model), model)
+
+    def params(self, config: Mapping[str, Any], model: str, *, root_of: Callable[[str], str],
+               depth: int) -> dict[str, Any]:
+        """The rule's ``settings`` of one job, from the declared keys only: ``roots`` of the datasets it
+        reads (``datasets.<name>``), ``layers`` (``extraction.layers`` up to the model's ``depth``),
+        ``seed``, and the declared ``variance`` settings by name."""
+        sliced = self.config_of(config, model)
+        params: dict[str, Any] = {"roots": {d: root_of(d) for d in sliced.get("datasets", {})}}
+        if "layers" in sliced.get("extraction", {}):
+            params["layers"] = sorted(layer for layer in sliced["extraction"]["layers"] if layer <= depth)
+        if "seed" in sliced:
+            params["seed"] = sliced["seed"]
+        return {**params, **sliced.get("variance", {})}
 
 
 def config_models(key: str) -> Callable[[Mapping[str, Any]], list[str]]:
@@ -83,6 +194,8 @@ class Output:
     jobs: Callable[[Layout], Jobs] = lambda layout: []
     available: Callable[[Layout], bool] | None = None
     title: str = ""
+    #: Config keys ``write`` reads (its rule passes exactly these as a param).
+    config_keys: ConfigKeys = ()
 
     def __post_init__(self):
         if self.kind not in SUFFIXES:

@@ -17,8 +17,6 @@ import dataclasses
 from typing import Callable
 
 from ..base import Experiment, Output, Study, figure_writer, rows_of
-from .compute import EXPERIMENTS as TASK_EXPERIMENTS
-from .compute import LEVELS
 
 
 def dvt_models(config):
@@ -78,6 +76,8 @@ def _tracking_files(layout, model, variant):
 
 
 def _levels(job):
+    from .compute import LEVELS
+
     return {level: job.inputs[level] for level in LEVELS if level in job.inputs}
 
 
@@ -123,28 +123,42 @@ def _main_train(layout):
 
 @dataclasses.dataclass(frozen=True)
 class _Task:
-    """One task DVT is scored on: its computation, the feature files of one level, its manifest."""
+    """One task DVT is scored on: its computation, the feature files of one level, its manifest,
+    and the config keys its computation reads."""
 
     run: Callable
     files: Callable  #: (layout, model, variant name of a level) -> the files of that level
     manifest_role: str
     dataset: str
     split: Callable  #: layout -> the split the manifest describes
+    config_keys: tuple[str, ...] = ()
+
+
+_PROBES = ("probes", "seed", "device")
 
 
 _TASKS = {
     "cityscapes": _Task(_cityscapes, _split_files("cityscapes", _main_train), "val_manifest", "cityscapes",
-                        lambda layout: "val"),
+                        lambda layout: "val", (*_PROBES, "datasets.cityscapes")),
     "ade20k": _Task(_ade20k, _split_files("ade20k", lambda layout: "train"), "val_manifest", "ade20k",
-                    lambda layout: "val"),
-    "robustness": _Task(_robustness, _robustness_files, "val_manifest", "cityscapes", lambda layout: "val"),
-    "retrieval": _Task(_retrieval, _retrieval_files, "manifest", "fair1m", lambda layout: layout.split("fair1m")),
-    "tracking": _Task(_tracking, _tracking_files, "manifest", "bdd100k", lambda layout: layout.split("bdd100k")),
+                    lambda layout: "val", (*_PROBES, "datasets.ade20k")),
+    "robustness": _Task(_robustness, _robustness_files, "val_manifest", "cityscapes", lambda layout: "val",
+                        (*_PROBES, "datasets.cityscapes")),
+    "retrieval": _Task(_retrieval, _retrieval_files, "manifest", "fair1m", lambda layout: layout.split("fair1m"),
+                       ("retrieval.block_size", "probes.knn_metric", "device")),
+    "tracking": _Task(_tracking, _tracking_files, "manifest", "bdd100k", lambda layout: layout.split("bdd100k"),
+                      ("tracking.gaps", "tracking.roi_size", "probes.knn_metric", "device", "datasets.bdd100k",
+                       "subsets.bdd100k.split")),
 }
+
+#: The experiment of each task (``compute.EXPERIMENTS``; not imported from there: the registry, read by
+#: the Snakefile and every figure job, would import torch with the probes).
+TASK_EXPERIMENTS = {name: f"dvt_{name}" for name in _TASKS}
 
 EXPERIMENTS = {
     TASK_EXPERIMENTS[name]: Experiment(task.run, _with_manifest(_levels_of(name, task.files), task.manifest_role,
-                                                                task.dataset, task.split))
+                                                                task.dataset, task.split),
+                                      config_keys=task.config_keys)
     for name, task in _TASKS.items()
 }
 

@@ -37,6 +37,10 @@ def _ade20k_inputs(layout, model):
             "val_manifest": layout.manifest("ade20k", "val")}
 
 
+#: What ``job.probes`` reads (k-NN, linear schedule, BatchNorm models, seed, device).
+PROBES = ("probes", "seed", "device")
+
+
 def _train_size(job):
     from .compute import train_size_rows
 
@@ -76,10 +80,11 @@ def _cityscapes_configured(layout):
 STUDY = Study(
     name="probing",
     experiments={
-        "train_size": Experiment(_train_size, _train_size_inputs),
-        "layerwise": Experiment(_layerwise, _main_train_inputs),
-        "degradation": Experiment(_degradation, _degradation_inputs),
-        "ade20k": Experiment(_ade20k, _ade20k_inputs),
+        "train_size": Experiment(_train_size, _train_size_inputs, config_keys=(*PROBES, "datasets.cityscapes")),
+        "layerwise": Experiment(_layerwise, _main_train_inputs,
+                                config_keys=(*PROBES, "datasets.cityscapes", "extraction.layers")),
+        "degradation": Experiment(_degradation, _degradation_inputs, config_keys=(*PROBES, "datasets.cityscapes")),
+        "ade20k": Experiment(_ade20k, _ade20k_inputs, config_keys=(*PROBES, "datasets.ade20k")),
     },
     outputs={
         "fig1": Output("figure", figure_writer(__name__, "fig1"), rows_of("train_size", needs=["cityscapes"]),
@@ -88,7 +93,8 @@ STUDY = Study(
                        title="k-NN mIoU per layer, all / easy / hard classes (Fig 2)"),
         "fig3": Output("figure", figure_writer(__name__, "fig3", options=_fig3_options),
                        rows_of("degradation", needs=["cityscapes"]),
-                       title="Robustness to blur, Gaussian noise and frequency noise (Fig 3)"),
+                       title="Robustness to blur, Gaussian noise and frequency noise (Fig 3)",
+                       config_keys=("subsets.cityscapes.main_train_set",)),
         "table2": Output("table", figure_writer(__name__, "table2"), rows_of("ade20k", needs=["ade20k"]),
                          title="ADE20K k-NN and linear mIoU (Table 2)"),
         "fig10": Output("figure", available=lambda layout: layout.has("cityscapes"),

@@ -36,6 +36,12 @@ def _retrieval(job):
                           **search_settings(job.config))
 
 
+def _retrieval_keys(config, model):
+    """The search settings; ``retrieval.removed_dims`` only for the models with a ``<model>-<m>`` row."""
+    removed = ("retrieval.removed_dims",) if model in config["retrieval"]["removed_models"] else ()
+    return ("retrieval.removed_models", *removed, "retrieval.block_size", "probes.knn_metric", "device")
+
+
 def fig11_models(config):
     """The models of Fig 11 (``retrieval.fig11_models``) configured for retrieval; if none, every retrieval model.
 
@@ -54,14 +60,15 @@ _ALL = config_models("retrieval_models")
 
 STUDY = Study(
     name="retrieval",
-    experiments={"fair1m_retrieval": Experiment(_retrieval, _inputs)},
+    experiments={"fair1m_retrieval": Experiment(_retrieval, _inputs, config_keys=_retrieval_keys)},
     outputs={
         "fig6": Output("figure", _writer("fig6"), rows_of("fair1m_retrieval", _ALL, needs=["fair1m"]),
                        title="FAIR1M nearest-patch retrieval under transforms and degradations (Fig 6)"),
         "fig7": Output("figure", _writer("fig7"), rows_of("fair1m_retrieval", _ALL, needs=["fair1m"]),
                        title="FAIR1M retrieval with the query's own image excluded (Fig 7)"),
         "fig11": Output("figure", _writer("fig11"), rows_of("fair1m_retrieval", fig11_models, needs=["fair1m"]),
-                        title="FAIR1M retrieval: DINO vs iBOT vs DINOv2 (Fig 11)"),
+                        title="FAIR1M retrieval: DINO vs iBOT vs DINOv2 (Fig 11)",
+                        config_keys=("retrieval.fig11_models", "retrieval_models")),
         "table3": Output("table", _writer("table3"), rows_of("fair1m_retrieval", _ALL, needs=["fair1m"]),
                          title="FAIR1M few-shot subset: patches per fine class (Table 3)"),
     },

@@ -75,6 +75,13 @@ def _reconstruction_inputs(layout, model):
             "val_manifest": layout.manifest("cityscapes", "val"), **data, **weights_input(layout, model)}
 
 
+#: What the reconstruction reads: Table 4's settings, the model (built from its overrides), the data.
+RECONSTRUCTION_KEYS = ("scene.mask_ratios", "scene.removed_dims", "scene.reconstruction_images", "scene.rank_images",
+                       "seed", "preset", "device", "weights_dir", "models.{model}", "datasets.cityscapes")
+#: fig_recon's rule: the reconstruction's model and masks, and how many examples it shows.
+FIG_RECON_KEYS = ("scene.mask_ratios", "scene.figure_examples", "seed", "device", "weights_dir", "models.{model}")
+
+
 def _scene_knn(job):
     from .gsd import scene_knn_rows
 
@@ -127,8 +134,9 @@ def _table4_jobs(layout):
 STUDY = Study(
     name="scene",
     experiments={
-        "scene_knn": Experiment(_scene_knn, _knn_inputs),
-        "reconstruction": Experiment(_reconstruction, _reconstruction_inputs),
+        "scene_knn": Experiment(_scene_knn, _knn_inputs, config_keys=(
+            "scene.removed_dims", "scene.train_fraction", "scene.knn_k", "scene.knn_metric", "seed", "device")),
+        "reconstruction": Experiment(_reconstruction, _reconstruction_inputs, config_keys=RECONSTRUCTION_KEYS),
     },
     outputs={
         "fig5": Output("figure", figure_writer(__name__, "fig5"), _fig5_jobs,

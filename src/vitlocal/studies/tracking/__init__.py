@@ -14,6 +14,12 @@ from ..base import Experiment, Output, Study, config_models, figure_writer, rows
 TRACKING_MODELS = config_models("tracking_models")
 
 
+def _tracking_keys(dataset):
+    """What ``TrackingSettings.from_config``, the root and the split of ``dataset`` read."""
+    return ("tracking.gaps", "tracking.roi_size", "probes.knn_metric", "device", f"datasets.{dataset}",
+            f"subsets.{dataset}.split")
+
+
 def _video_inputs(dataset, variants):
     def inputs(layout, model):
         split = layout.split(dataset)
@@ -83,11 +89,15 @@ def _table5_jobs(layout):
 STUDY = Study(
     name="tracking",
     experiments={
-        "tracking": Experiment(_tracking("bdd100k", "tracking"), _video_inputs("bdd100k", {"tiled": "clean"})),
-        "tracking_mot17": Experiment(_tracking("mot17", "tracking_mot17"), _video_inputs("mot17", {"tiled": "clean"})),
+        "tracking": Experiment(_tracking("bdd100k", "tracking"), _video_inputs("bdd100k", {"tiled": "clean"}),
+                               config_keys=_tracking_keys("bdd100k")),
+        "tracking_mot17": Experiment(_tracking("mot17", "tracking_mot17"), _video_inputs("mot17", {"tiled": "clean"}),
+                                     config_keys=_tracking_keys("mot17")),
         "tracking_full_vs_tile": Experiment(_full_vs_tile,
-                                            _video_inputs("bdd100k", {"tiled": "clean", "full": "full"})),
-        "cityscapes_full_vs_tile": Experiment(_cityscapes_full_vs_tile, _cityscapes_inputs),
+                                            _video_inputs("bdd100k", {"tiled": "clean", "full": "full"}),
+                                            config_keys=_tracking_keys("bdd100k")),
+        "cityscapes_full_vs_tile": Experiment(_cityscapes_full_vs_tile, _cityscapes_inputs,
+                                              config_keys=("probes", "seed", "device", "datasets.cityscapes")),
     },
     outputs={
         "fig8": Output("figure", figure_writer(__name__, "fig8"), rows_of("tracking", TRACKING_MODELS, needs=["bdd100k"]),

@@ -75,9 +75,13 @@ STUDY = Study(
     experiments={
         "feature_variance": Experiment(_feature_variance, lambda layout, model: {"train": _main_train(layout, model)},
                                        gpu=False),
-        "variance_removal": Experiment(_variance_removal, _removal_inputs),
-        "r2": Experiment(_r2, _r2_inputs),
-        "top_dims_overlap": Experiment(_top_dims_overlap, _overlap_inputs, gpu=False),
+        "variance_removal": Experiment(_variance_removal, _removal_inputs,
+                                       config_keys=("variance.removed_dims", "probes", "seed", "device",
+                                                    "datasets.cityscapes")),
+        "r2": Experiment(_r2, _r2_inputs, config_keys=("variance.overlap_top", "variance.r2_top_classes",
+                                                       "variance.ridge_alpha", "seed", "datasets.cityscapes")),
+        "top_dims_overlap": Experiment(_top_dims_overlap, _overlap_inputs, gpu=False,
+                                       config_keys=("variance.overlap_top",)),
     },
     outputs={
         "fig4a": Output("figure", figure_writer(__name__, "fig4a"), rows_of("feature_variance", needs=["cityscapes"]),
