@@ -189,7 +189,11 @@ def test_scene_labels_and_demo_models(data, tmp_path):
         spec = resolve(key, overrides)
         assert len(meta) == 2 * spec.grid[0] * spec.grid[1] and emb[12].shape[1] == 48
         assert read_attrs(tmp_path / f"{key}.parquet")["grid"] == list(spec.grid)
-        assert read_attrs(tmp_path / f"{key}.parquet")["weights"] == f"random(seed={overrides['seed']})"
+        weights = read_attrs(tmp_path / f"{key}.parquet")["weights"]
+        if "factory" in overrides:  # a user's module builds (and seeds) itself
+            assert weights == f"factory:{overrides['factory']}(seed={overrides['seed']})"
+        else:
+            assert weights == f"random(seed={overrides['seed']})"
     per_image = meta.groupby("sample_id", sort=False)["label"].agg(["min", "max"])
     expected = images.set_index("sample_id")["label"]
     assert (per_image["min"] == expected).all() and (per_image["max"] == expected).all()
