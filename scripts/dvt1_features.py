@@ -9,14 +9,14 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 import torch
 
 from vitlocal.denoise.pipeline import stage1_feature_file
-from vitlocal.denoise.stage1 import Stage1Settings
+from vitlocal.denoise.shards import split_stage1_config
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
     sm = snakemake  # noqa: F821
     torch.set_num_threads(sm.threads)
     p = sm.params
-    settings = Stage1Settings.from_config(p.stage1)
+    settings, _ = split_stage1_config(p.stage1)  # tiles one at a time: no shards here
     for job in p.jobs:
         done = stage1_feature_file(job["raw"], job["out"], model_key=p.model, model_overrides=p.model_overrides,
                                    weights_dir=p.weights_dir, root=job["root"], manifest=job["manifest"],

@@ -14,7 +14,7 @@ from vitlocal.workflow import rule_logging
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
     sm = snakemake  # noqa: F821
     n = sm.params.n_images
-    stage1 = [read_stage1(path) for path in sm.input.stage1]
+    stage1 = [read_stage1(path, model) for path, model in zip(sm.input.stage1, sm.params.models)]
     outputs = [denoise(load_checkpoint(ckpt), s["raw"][:n]) for ckpt, s in zip(sm.input.checkpoints, stage1)]
     shown = fig_dvt(sm.params.models, stage1, outputs, sm.output.pdf, sm.output.png, sm.output.csv, n_images=n,
                     demo_subject=sm.params.demo_subject, preset=sm.params.preset)

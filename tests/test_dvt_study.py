@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vitlocal.denoise import pipeline as dvt_pipeline
-from vitlocal.denoise.pipeline import denoise_feature_file, select_tiles
+from vitlocal.denoise.pipeline import denoise_feature_file
+from vitlocal.denoise.shards import select_tiles
 from vitlocal.denoise.stage2 import Denoiser
 from vitlocal.errors import ConfigError
 from vitlocal.features.store import FeatureWriter, read_attrs, read_features
@@ -238,7 +239,8 @@ TINY32 = {"arch": "vit_tiny_patch16_224", "weights": "random", "seed": 1,
 
 def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path):
     from vitlocal.datasets import cityscapes
-    from vitlocal.denoise.pipeline import _last_layer_encoder, stage1_feature_file
+    from vitlocal.denoise.pipeline import stage1_feature_file
+    from vitlocal.denoise.shards import last_layer_encoder
     from vitlocal.denoise.stage1 import Stage1Settings, denoise_image
     from vitlocal.features.pipeline import extract_features
     from vitlocal.features.sources import base_tiling, make_source
@@ -266,7 +268,7 @@ def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path):
     # Tile 5 by hand: its seed is the file's tile counter; its full view is the file's clean tile.
     spec = resolve("dino", TINY32)
     item = make_source("cityscapes", root, manifest, spec, "clean", tiling=base_tiling("cityscapes"), seed=0)[0]
-    result = denoise_image(item.tiles[5], _last_layer_encoder(spec, tmp_path / "w", torch.device("cpu")),
+    result = denoise_image(item.tiles[5], last_layer_encoder(spec, tmp_path / "w", torch.device("cpu")),
                            mean=spec.mean, std=spec.std, input_size=spec.input_size, grid=spec.grid,
                            settings=settings, seed=3 * 1_000_003 + 5, device="cpu")
     rows = (meta["tile_id"] == 5).to_numpy()
