@@ -6,7 +6,7 @@ from pathlib import Path
 # The workflow's own package, also inside `--sdm conda` environments.
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
-from vitlocal.denoise.shards import gather_stage1
+from vitlocal.denoise.stage1_files import gather_stage1  # torch-free: this job only concatenates
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)

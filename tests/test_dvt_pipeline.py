@@ -20,16 +20,15 @@ import yaml
 from vitlocal.denoise import shards
 from vitlocal.denoise.shards import (
     ShardSettings,
-    gather_stage1,
     last_layer_encoder,
-    read_npz,
     run_stage1_shard,
     shard_plan,
     split_stage1_config,
     stage1_shard_paths,
 )
+from vitlocal.denoise.stage1_files import gather_stage1, read_npz, write_npz
 from vitlocal.denoise.stage1 import Stage1Settings, denoise_image
-from vitlocal.errors import ConfigError, CorruptFileError
+from vitlocal.errors import ConfigError
 
 TINY32 = {"arch": "vit_tiny_patch16_224", "weights": "random", "seed": 1,
           "model_kwargs": {"img_size": 32, "embed_dim": 16, "depth": 2, "num_heads": 2}}
@@ -216,9 +215,9 @@ def test_write_npz_same_arrays_same_bytes_and_removes_leftovers(tmp_path):
     path = tmp_path / "x.npz"
     (tmp_path / "x.npz.tmp-77").write_bytes(b"junk")
     (tmp_path / "x.tmp-78.npz").write_bytes(b"junk")  # np.savez's naming, before this module
-    shards.write_npz(path, {"a": np.arange(3), "attrs": np.array(json.dumps({"k": 1}))})
+    write_npz(path, {"a": np.arange(3), "attrs": np.array(json.dumps({"k": 1}))})
     first = path.read_bytes()
-    shards.write_npz(path, {"a": np.arange(3), "attrs": np.array(json.dumps({"k": 1}))})
+    write_npz(path, {"a": np.arange(3), "attrs": np.array(json.dumps({"k": 1}))})
     assert path.read_bytes() == first and sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
     with np.load(path) as loaded:
         assert loaded["a"].tolist() == [0, 1, 2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitlocal.denoise.pipeline import RELEASED, denoise_feature_file, denoiser_record, read_stage1, run_stage2
-from vitlocal.denoise.shards import write_npz
+from vitlocal.denoise.stage1_files import write_npz
 from vitlocal.denoise.stage2 import Denoiser, Stage2Settings
 from vitlocal.errors import ConfigError, CorruptFileError
 from vitlocal.features.store import read_attrs
@@ -107,3 +107,20 @@ def test_released_denoiser_at_224_px_says_it_was_trained_at_518(tmp_path):
     denoise_feature_file(tmp_path / "clean.parquet", Denoiser(64, (2, 3)), tmp_path / "dvt.parquet",
                          checkpoint=record, device="cpu")
     assert read_attrs(tmp_path / "dvt.parquet")["denoiser"]["dvt_source"] == "released@32"
+
+
+def test_rows_of_a_released_denoiser_say_released_at_518(tmp_path):
+    import pandas as pd
+
+    from vitlocal.studies.dvt.compute import _with_dvt_source
+
+    _write_clean(tmp_path / "clean.parquet")
+    dinov2 = SimpleNamespace(key="dino", depth=12, patch_size=14)  # the file's model, a patch-14 released grid
+    record = denoiser_record({"source": RELEASED}, "ck/v2.pth", Denoiser(64, (37, 37)), dinov2)
+    denoise_feature_file(tmp_path / "clean.parquet", Denoiser(64, (37, 37)), tmp_path / "dvt.parquet",
+                         checkpoint=record, device="cpu")
+    rows = pd.DataFrame({"level": ["raw", "dvt", "dvt:blur-4", "dvt1"], "settings": ['{"k":1}', '{"k":1}', "", ""]})
+    out = _with_dvt_source(rows, {"raw": {}, "dvt": {"train": tmp_path / "dvt.parquet"}})
+    assert [json.loads(s).get("dvt_source") if s else None for s in out["settings"]] == [
+        None, "released@518", "released@518", None]
+    assert json.loads(out["settings"][1])["k"] == 1

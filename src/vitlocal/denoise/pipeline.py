@@ -26,7 +26,8 @@ from ..features.sources import base_tiling, make_source
 from ..features.store import FeatureWriter, iter_features, read_attrs, read_features
 from ..heap import fix_mmap_threshold
 from ..models.registry import resolve
-from .shards import last_layer_encoder, read_npz, remove_leftovers, settings_record
+from .shards import last_layer_encoder, settings_record
+from .stage1_files import read_npz, remove_leftovers
 from .stage1 import Stage1Settings, denoise_image
 from .stage2 import Denoiser, Stage2Settings, denoise, save_checkpoint, train_denoiser
 
