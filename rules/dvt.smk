@@ -16,6 +16,8 @@ DVT = config["dvt"]
 DVT_MODELS = DVT["models"]
 DVT_SOURCES = stage1_sources(config, RESULTS, DATASETS, dataset_root)
 DVT_STAGE1_INPUTS = stage1_inputs(DVT_SOURCES, dataset_input)
+# The fit's and the shards' keys; seconds_per_tile only sizes the runtime: changing it reruns nothing.
+DVT_STAGE1_PARAMS = {k: v for k, v in DVT["stage1"].items() if k != "seconds_per_tile"}
 # A bad dvt.stage1 value stops here, before any job.
 DVT_SHARDS = shard_plan(DVT_SOURCES, split_stage1_config(DVT["stage1"])[1]) if DVT_MODELS and DVT_SOURCES else []
 
@@ -31,7 +33,7 @@ rule dvt_stage1_shard:
         npz=f"{RESULTS}/dvt/stage1/{{model}}/shard-{{shard}}.npz",
     params:
         sources=DVT_SOURCES,
-        stage1={k: v for k, v in DVT["stage1"].items() if k != "seconds_per_tile"},  # a runtime estimate: no rerun
+        stage1=DVT_STAGE1_PARAMS,
         model_overrides=lambda wildcards: model_overrides(wildcards.model),
         weights_dir=WEIGHTS_DIR,
         preset=PRESET,
@@ -145,7 +147,7 @@ for _model in DVT_MODELS:
             jobs=[{**job, "root": dataset_root(job["dataset"])} for job in _jobs],
             model_overrides=model_overrides(_model),
             weights_dir=WEIGHTS_DIR,
-            stage1=DVT["stage1"],
+            stage1=DVT_STAGE1_PARAMS,
             seed=config["seed"],
             device=config["device"],
             dtype=config["extraction"]["dtype"],

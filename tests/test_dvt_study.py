@@ -237,7 +237,8 @@ TINY32 = {"arch": "vit_tiny_patch16_224", "weights": "random", "seed": 1,
           "model_kwargs": {"img_size": 32, "embed_dim": 16, "depth": 2, "num_heads": 2}}
 
 
-def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path):
+@pytest.mark.parametrize("tiles_per_step", [1, 3])  # 3: an image's 32 tiles in calls of 3 (and a last of 2)
+def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path, tiles_per_step):
     from vitlocal.datasets import cityscapes
     from vitlocal.denoise.pipeline import stage1_feature_file
     from vitlocal.denoise.shards import last_layer_encoder
@@ -257,7 +258,7 @@ def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path):
     settings = Stage1Settings(views=3, steps=4, tokens_per_step=16, levels=2, features_per_level=2,
                               base_resolution=2, max_resolution=4, hidden=8, batch_size=4)
     done = stage1_feature_file(clean, out, root=root, manifest=manifest, settings=settings, seed=3, dtype="float32",
-                               **common)
+                               tiles_per_step=tiles_per_step, **common)
     meta_raw, raw = read_features(clean)
     meta, layers = read_features(out)
     assert done["tiles"] == 32 and done["patches"] == len(meta_raw) == 32 * 4

@@ -26,9 +26,9 @@ from ..features.sources import base_tiling, make_source
 from ..features.store import FeatureWriter, iter_features, read_attrs, read_features
 from ..heap import fix_mmap_threshold
 from ..models.registry import resolve
-from .shards import last_layer_encoder, settings_record
+from .shards import fit_tiles, last_layer_encoder, settings_record
 from .stage1_files import read_npz, remove_leftovers
-from .stage1 import Stage1Settings, denoise_image
+from .stage1 import Stage1Settings
 from .stage2 import Denoiser, Stage2Settings, denoise, save_checkpoint, train_denoiser
 
 log = logging.getLogger(__name__)
@@ -183,15 +183,16 @@ def _denoised_attrs(attrs: Mapping[str, Any], variant: str, layer: int, denoiser
 def stage1_feature_file(
     in_path: PathLike, out_path: PathLike, *, model_key: str, model_overrides: Mapping[str, Any] | None,
     weights_dir: PathLike, root: PathLike, manifest: PathLike, settings: Stage1Settings, seed: int = 0,
-    device: str = "auto", dtype: str = "float16", variant: str = "dvt1",
+    device: str = "auto", dtype: str = "float16", variant: str = "dvt1", tiles_per_step: int = 1,
 ) -> dict[str, float]:
     """The ``dvt1`` variant: stage 1's ``F`` of every tile of a ``clean`` feature file, in its patch order.
 
     No denoiser: each tile is decomposed on its own (``views`` crops, ``steps``
     of fitting), so the cost is stage 1's per tile times the file's tiles: for
     small sets. The tiles are rebuilt from ``root`` and ``manifest`` exactly as
-    the file was extracted (its full view is the file's clean tile). Returns
-    patches written, tiles and seconds per tile.
+    the file was extracted (its full view is the file's clean tile); an image's
+    tiles are fitted ``tiles_per_step`` at a time (``shards.fit_tiles``, as stage
+    1's shards). Returns patches written, tiles and seconds per tile.
     """
     attrs = read_attrs(in_path)
     if attrs["variant"] != "clean":
@@ -217,17 +218,18 @@ def stage1_feature_file(
                 continue
             part = meta.iloc[rows].reset_index(drop=True)
             tile_of, row_of, col_of = (part[k].to_numpy() for k in ("tile_id", "patch_row", "patch_col"))
-            out = None
-            for tile_id in dict.fromkeys(tile_of):
-                result = denoise_image(item.tiles[int(tile_id)], encode, mean=spec.mean, std=spec.std,
-                                       input_size=spec.input_size, grid=source.grid, settings=settings,
-                                       seed=seed * 1_000_003 + n_tiles, device=torch_device)
-                if out is None:
-                    out = np.empty((len(part), result.denoised.shape[-1]), dtype=np.float32)
-                at = tile_of == tile_id  # each row gets its own patch, whatever the file's row order
-                out[at] = result.denoised[row_of[at], col_of[at]]
-                seconds += result.seconds_views + result.seconds_fit
-                n_tiles += 1
+            out = np.empty((len(part), spec.embed_dim), dtype=np.float32)
+            tile_ids = list(dict.fromkeys(tile_of))
+            for start in range(0, len(tile_ids), tiles_per_step):
+                group = tile_ids[start : start + tiles_per_step]
+                results = fit_tiles([item.tiles[int(t)] for t in group], encode, spec=spec, grid=source.grid,
+                                    settings=settings, seeds=[seed * 1_000_003 + n_tiles + k for k in range(len(group))],
+                                    device=torch_device)
+                for tile_id, result in zip(group, results):
+                    at = tile_of == tile_id  # each row gets its own patch, whatever the file's row order
+                    out[at] = result.denoised[row_of[at], col_of[at]]
+                    seconds += result.seconds_views + result.seconds_fit
+                n_tiles += len(group)
             writer.write(part, {layer: out})
         if by_sample:
             raise ConfigError(f"{in_path}: {len(by_sample)} samples (e.g. {next(iter(by_sample))!r}) are not in "
