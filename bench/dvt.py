@@ -21,7 +21,7 @@ by ``B``). Prints ``stage-1 tiles/hour: batched N vs one-at-a-time M (ratio R)``
 per device, writes ``dvt.json`` to ``--out``. ``bench/gpu.py`` calls
 :func:`bench` as its ``dvt`` section; ``bench/fullsize.py`` projects stage 1
 with :func:`stage1_projection` from these figures. Quick mode: under 5
-minutes on two loaded cores.
+minutes of wall time on two quiet cores (about a minute of CPU time).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ BATCHED: Callable[..., Any] | None = getattr(stage1, "denoise_images", None)
 PAPER_GPU_S_PER_TILE = 30.0
 #: Sizes per mode: step counts (s1, s2), tiles per batched call, views per ViT batch.
 SIZES = {
-    ("cpu", True): {"steps": (3, 9), "tiles": 2, "view_batch": 8},
+    ("cpu", True): {"steps": (2, 6), "tiles": 2, "view_batch": 4},
     ("cpu", False): {"steps": (10, 40), "tiles": 4, "view_batch": 16},
     ("cuda", True): {"steps": (20, 120), "tiles": 8, "view_batch": 256},
     ("cuda", False): {"steps": (50, 400), "tiles": 16, "view_batch": 256},
@@ -137,6 +138,7 @@ def bench(device: torch.device | str, *, quick: bool = True, settings: stage1.St
     device = torch.device(device)
     settings = settings or paper_settings()
     size = dict(sizes or SIZES[(device.type, quick)])
+    load = os.getloadavg()[0]
     views = views_seconds(settings, device, size["view_batch"])
     single = time_fit(settings, device, size["steps"], 1, None)
     out: dict[str, Any] = {
@@ -153,6 +155,7 @@ def bench(device: torch.device | str, *, quick: bool = True, settings: stage1.St
     per_hour = {k: 3600 / v["tile_s"] for k, v in out.items() if isinstance(v, dict) and "tile_s" in v}
     out["tiles_per_hour"] = per_hour
     out["ratio"] = per_hour["batched"] / per_hour["one_at_a_time"] if "batched" in per_hour else None
+    out["load"] = [load, os.getloadavg()[0]]  # 1-min load average before / after: wall times on a shared machine
     return out
 
 
@@ -166,10 +169,10 @@ def gpu_section(device: torch.device) -> dict[str, Any]:
 def summary_line(figures: Mapping[str, Any]) -> str:
     """``stage-1 tiles/hour: batched N vs one-at-a-time M (ratio R)`` (``n/a`` where not timed)."""
     rate = figures["tiles_per_hour"]
-    batched = f"{rate['batched']:,.1f}" if "batched" in rate else "n/a"
+    batched = f"{rate['batched']:.3g}" if "batched" in rate else "n/a"
     ratio = f"{figures['ratio']:.2f}" if figures.get("ratio") is not None else "n/a"
-    return (f"stage-1 tiles/hour: batched {batched} vs one-at-a-time {rate['one_at_a_time']:,.1f} (ratio {ratio})"
-            f" on {figures['device']}")
+    return (f"stage-1 tiles/hour: batched {batched} vs one-at-a-time {rate['one_at_a_time']:.3g} (ratio {ratio})"
+            f" on {figures['device']}, load average {figures['load'][0]:.1f} -> {figures['load'][1]:.1f}")
 
 
 def best_tile_seconds(figures: Mapping[str, Any]) -> tuple[float, str]:
