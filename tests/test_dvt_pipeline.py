@@ -159,6 +159,34 @@ def test_kept_steps_of_other_settings_or_unreadable_are_fitted_again(data, tmp_p
     assert len(calls) == 3
 
 
+def test_kept_steps_of_a_rewritten_manifest_are_fitted_again(data, tmp_path, monkeypatch):
+    """Same settings and paths, other images behind the manifest: the kept step holds other tiles."""
+    from vitlocal.features.pipeline import load_manifest
+    from vitlocal.subsets import write_manifest
+
+    first, second = (load_manifest(s["manifest"]) for s in data["sources"])
+    manifest = tmp_path / "m.csv"
+    write_manifest(first, manifest)
+    mine = {**data, "sources": [{**data["sources"][0], "manifest": str(manifest)}]}  # 3 tiles: steps of 2 + 1
+    calls = _fixed_timings(monkeypatch)
+    fitted = shards.fit_tiles
+
+    def dies(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        return fitted(*args, **kwargs)
+
+    monkeypatch.setattr(shards, "fit_tiles", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _run(mine, tmp_path / "out", tiles_per_job=5, tiles_per_step=2)
+    monkeypatch.setattr(shards, "fit_tiles", fitted)
+    write_manifest(second, manifest)
+    del calls[:]
+    _run(mine, tmp_path / "out", tiles_per_job=5, tiles_per_step=2)
+    assert len(calls) == 2
+    assert set(read_npz(tmp_path / "out/dvt/stage1/dino/shard-0000.npz")["sample_id"]) == set(second["sample_id"])
+
+
 def test_gather_refuses_other_models_settings_and_missing_or_reordered_shards(data, tmp_path):
     paths = _run(data, tmp_path / "a", tiles_per_job=2)
     with pytest.raises(ConfigError, match=r"holds stage 1 of model 'dino', gathered into .*x.npz for model 'mae'"):

@@ -118,7 +118,8 @@ def select_tiles(n_images: int, n_tiles: int, limit: int | None, seed: int) -> l
 
 
 def selected_tiles(sources: Sequence[Mapping[str, Any]], spec: Any, seed: int) -> tuple[list, list[tuple]]:
-    """Every source's tile source and the global tile order: ``(source, image, tile)`` per global index."""
+    """Every source's tile source and the global tile order: ``(source, image, tile, key)`` per global index,
+    ``key`` = ``(dataset, sample_id, tile)`` read off the manifest (no image decoded)."""
     tile_sources, order = [], []
     for source_index, src in enumerate(sources):
         table = load_manifest(src["manifest"])
@@ -126,7 +127,8 @@ def selected_tiles(sources: Sequence[Mapping[str, Any]], spec: Any, seed: int) -
                             seed=seed)
         picks = select_tiles(len(table), tiles.tiling.n_tiles, src.get("max_tiles"), seed + source_index)
         tile_sources.append(tiles)
-        order.extend((source_index, image, tile) for image, tile in picks)
+        samples = table["sample_id"].astype(str).tolist()
+        order.extend((source_index, image, tile, (src["dataset"], samples[image], tile)) for image, tile in picks)
     return tile_sources, order
 
 
@@ -189,14 +191,14 @@ def run_stage1_shard(
              settings.steps, torch_device)
     for number, group in enumerate(groups):
         group_path = partial / f"group-{number:05d}.npz"
-        kept = _kept_group(group_path, fingerprint, group)
+        kept = _kept_group(group_path, fingerprint, group, [order[i][3] for i in group])
         if kept is not None:
             parts.append(kept)
             continue
         if encode is None:
             encode = last_layer_encoder(spec, weights_dir, torch_device)
-        parts.append(_fit_group(group, order, tile_sources, [s["dataset"] for s in sources], encode, spec, grid,
-                                settings, seed, torch_device, figure_tiles, fingerprint, group_path))
+        parts.append(_fit_group(group, order, tile_sources, encode, spec, grid, settings, seed, torch_device,
+                                figure_tiles, fingerprint, group_path))
     arrays = stack_tiles(parts, grid, spec.embed_dim, spec.input_size)
     seconds = arrays["seconds_views"] + arrays["seconds_fit"]
     attrs.update(first=first, n_tiles=len(mine), device=str(torch_device),
@@ -211,8 +213,9 @@ def run_stage1_shard(
     return attrs
 
 
-def _kept_group(path: Path, fingerprint: str, group: Sequence[int]) -> dict[str, np.ndarray] | None:
-    """A group finished by an earlier, interrupted run of the same shard (same settings), else None."""
+def _kept_group(path: Path, fingerprint: str, group: Sequence[int], keys: Sequence[tuple]
+                ) -> dict[str, np.ndarray] | None:
+    """A group finished by an earlier, interrupted run of the same shard (same settings and tiles), else None."""
     if not path.is_file():
         return None
     try:
@@ -221,23 +224,25 @@ def _kept_group(path: Path, fingerprint: str, group: Sequence[int]) -> dict[str,
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         log.warning("%s: unreadable (%s), fitted again", path, err)
         return None
-    if str(kept.pop("fingerprint", "")) != fingerprint or kept["index"].tolist() != list(group):
+    found = list(zip(kept.get("dataset", []), kept.get("sample_id", []), kept.get("tile_id", [])))
+    if (str(kept.pop("fingerprint", "")) != fingerprint or kept.get("index", np.zeros(0)).tolist() != list(group)
+            or [(str(d), str(s), int(t)) for d, s, t in found] != [tuple(k) for k in keys]):
         log.warning("%s: made with other settings or tiles, fitted again", path)
         return None
     log.info("%s: tiles %s kept from an interrupted run", path, list(group))
     return kept
 
 
-def _fit_group(group, order, tile_sources, datasets, encode, spec, grid, settings, seed, device, figure_tiles,
-               fingerprint, path) -> dict[str, np.ndarray]:
+def _fit_group(group, order, tile_sources, encode, spec, grid, settings, seed, device, figure_tiles, fingerprint,
+               path) -> dict[str, np.ndarray]:
     """Fit one group of global tiles and keep it (atomically) in ``path``."""
     cached: tuple[tuple[int, int], Any] | None = None
     keys, tiles = [], []
     for i in group:
-        source, image, tile_id = order[i]
+        source, image, tile_id, key = order[i]
         if cached is None or cached[0] != (source, image):
             cached = ((source, image), tile_sources[source][image])  # one decoded image at a time
-        keys.append((datasets[source], cached[1].sample_id, tile_id))
+        keys.append(key)
         tiles.append(cached[1].tiles[tile_id])
     results = fit_tiles(tiles, encode, spec=spec, grid=grid, settings=settings,
                         seeds=[seed * 1_000_003 + i for i in group], device=device)
