@@ -218,7 +218,7 @@ def test_fewer_tiles_than_planned_leave_empty_shards_counted(data, tmp_path):
 def test_shard_plan_runtime_and_config_split():
     sources = [{"max_tiles": 500}, {"max_tiles": 500}]
     plan = shard_plan(sources, ShardSettings(tiles_per_job=100, seconds_per_tile=30))
-    assert len(plan) == 10 and plan[0] == {"index": 0, "tiles": 100, "runtime": 83}  # (300 + 3000) s x 1.5 = 82.5 min
+    assert len(plan) == 10 and plan[0] == {"index": 0, "tiles": 100, "runtime": 77}  # (60 + 3000) s x 1.5 = 76.5 min
     assert [p["tiles"] for p in shard_plan(sources, ShardSettings(tiles_per_job=300))] == [300, 300, 300, 100]
     with pytest.raises(ConfigError, match="stage1_tiles: null"):
         shard_plan([{"max_tiles": None}], ShardSettings())

@@ -32,11 +32,11 @@ def test_projection_of_the_paper_preset_at_30_s_a_tile(dvt):
     row = dvt.stage1_projection(30.0, tiles_per_model=1000, models=5, tiles_per_job=100)
     assert row["fit_hours"] == pytest.approx(5000 * 30 / 3600)  # 41.67 h
     assert row["shards"] == 50
-    assert row["device_hours"] == pytest.approx(50 * (300 + 3000) / 3600)
+    assert row["device_hours"] == pytest.approx(50 * (60 + 3000) / 3600)
     assert row["wall_hours"][1] == pytest.approx(row["device_hours"])
-    assert row["wall_hours"][8] == pytest.approx(7 * 3300 / 3600)  # 50 shards on 8 devices: 7 rounds
+    assert row["wall_hours"][8] == pytest.approx(7 * 3060 / 3600)  # 50 shards on 8 devices: 7 rounds
     uneven = dvt.stage1_projection(10.0, tiles_per_model=250, models=1, tiles_per_job=100)
-    assert uneven["shards"] == 3 and uneven["wall_hours"][8] == pytest.approx((300 + 1000) / 3600)
+    assert uneven["shards"] == 3 and uneven["wall_hours"][8] == pytest.approx((60 + 1000) / 3600)
 
 
 def test_fullsize_section_uses_measured_figures(dvt):
