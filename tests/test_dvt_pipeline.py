@@ -249,3 +249,50 @@ def test_write_npz_same_arrays_same_bytes_and_removes_leftovers(tmp_path):
     assert path.read_bytes() == first and sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
     with np.load(path) as loaded:
         assert loaded["a"].tolist() == [0, 1, 2]
+
+
+KILLED_CHILD = """
+import dataclasses, json, sys, time
+import torch
+from vitlocal.denoise import shards
+from vitlocal.denoise.stage1 import Stage1Settings
+args = json.loads(sys.argv[1])
+torch.set_num_threads(1)
+real, calls = shards.fit_tiles, []
+def fit(tiles, *a, **k):
+    calls.append(1)
+    if len(calls) == 3:
+        print("two steps kept", flush=True)
+        time.sleep(600)  # killed here, with -9
+    return [dataclasses.replace(r, seconds_views=1.0, seconds_fit=2.0) for r in real(tiles, *a, **k)]
+shards.fit_tiles = fit
+shards.run_stage1_shard(settings=Stage1Settings(**args.pop("settings")), shard=shards.ShardSettings(5, 2), **args)
+"""
+
+
+def test_shard_killed_with_sigkill_resumes_and_writes_the_same_bytes(data, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    calls = _fixed_timings(monkeypatch)
+    whole = Path(_run(data, tmp_path / "whole", tiles_per_job=5, tiles_per_step=2)[0])
+    out = tmp_path / "cut/dvt/stage1/dino/shard-0000.npz"
+    args = dict(model_key="dino", model_overrides=TINY32, weights_dir=str(data["weights"]), sources=data["sources"],
+                settings=dataclasses.asdict(SETTINGS), index=0, out_path=str(out), preset="test", seed=SEED,
+                device="cpu", figure_tiles=2)
+    args["settings"]["scale"], args["settings"]["ratio"] = list(SETTINGS.scale), list(SETTINGS.ratio)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, json.dumps(args)], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert child.stdout.readline().strip() == "two steps kept"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert not out.exists() and len(list(out.parent.glob("*.partial/group-*.npz"))) == 2
+    del calls[:]
+    _run(data, tmp_path / "cut", tiles_per_job=5, tiles_per_step=2)
+    assert calls == [[SEED * 1_000_003 + 4]]
+    assert out.read_bytes() == whole.read_bytes()
