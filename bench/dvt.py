@@ -142,7 +142,8 @@ def bench(device: torch.device | str, *, quick: bool = True, settings: stage1.St
     views = views_seconds(settings, device, size["view_batch"])
     single = time_fit(settings, device, size["steps"], 1, None)
     out: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({torch.get_num_threads()} threads)"),
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()},
         "dims": {"C": DIM, "grid": list(GRID), "input": INPUT}, "views_s_per_tile": views,
         "one_at_a_time": {**single, "tile_s": views + single["fixed_s"] + settings.steps * single["step_s"]},

@@ -20,4 +20,5 @@ with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake
                              weights_dir=p.weights_dir, sources=p.sources, settings=settings, shard=shard,
                              index=int(sm.wildcards.shard), out_path=sm.output.npz, preset=p.preset, seed=p.seed,
                              device=p.device, figure_tiles=p.figure_tiles)
-    log.info("shard %s: %d tiles, mean %.2f s per tile", sm.wildcards.shard, attrs["n_tiles"], attrs["seconds_per_tile"])
+    log.info("shard %s: %d tiles, mean %.2f s per tile", sm.wildcards.shard, attrs["n_tiles"],
+             attrs["seconds_per_tile"])

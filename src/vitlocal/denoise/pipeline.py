@@ -1,10 +1,11 @@
-"""What the DVT rules call: training tiles -> stage-1 outputs; stage-1 outputs -> denoiser; raw files -> ``dvt`` files.
+"""What the DVT rules call: stage-1 outputs -> denoiser; raw files -> ``dvt`` files; clean files -> ``dvt1`` files.
 
-Unit of stage 1: one *tile*, the image the ViT sees in this study's protocol
-(a Cityscapes image is 4 x 8 tiles, ADE20K 2 x 3; ``features.sources``). Its
-views are random-resized crops of the tile resized to the model input, and
-its full view is exactly the clean tile of the feature files, so the stage-2
-denoiser learns the map the ``dvt`` variant applies to the ``clean`` files.
+Stage 1 on training tiles runs as shard jobs (``shards``). Unit of stage 1:
+one *tile*, the image the ViT sees in this study's protocol (a Cityscapes
+image is 4 x 8 tiles, ADE20K 2 x 3; ``features.sources``). Its views are
+random-resized crops of the tile resized to the model input, and its full
+view is exactly the clean tile of the feature files, so the stage-2 denoiser
+learns the map the ``dvt`` variant applies to the ``clean`` files.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from ..features.store import FeatureWriter, iter_features, read_attrs, read_feat
 from ..heap import fix_mmap_threshold
 from ..models.registry import resolve
 from .shards import fit_tiles, last_layer_encoder, settings_record
-from .stage1_files import read_npz, remove_leftovers
 from .stage1 import Stage1Settings
+from .stage1_files import read_npz, remove_leftovers
 from .stage2 import Denoiser, Stage2Settings, denoise, save_checkpoint, train_denoiser
 
 log = logging.getLogger(__name__)
@@ -222,9 +223,9 @@ def stage1_feature_file(
             tile_ids = list(dict.fromkeys(tile_of))
             for start in range(0, len(tile_ids), tiles_per_step):
                 group = tile_ids[start : start + tiles_per_step]
+                seeds = [seed * 1_000_003 + n_tiles + k for k in range(len(group))]
                 results = fit_tiles([item.tiles[int(t)] for t in group], encode, spec=spec, grid=source.grid,
-                                    settings=settings, seeds=[seed * 1_000_003 + n_tiles + k for k in range(len(group))],
-                                    device=torch_device)
+                                    settings=settings, seeds=seeds, device=torch_device)
                 for tile_id, result in zip(group, results):
                     at = tile_of == tile_id  # each row gets its own patch, whatever the file's row order
                     out[at] = result.denoised[row_of[at], col_of[at]]
