@@ -86,7 +86,8 @@ def gather_stage1(shard_paths: Sequence[PathLike], out_path: PathLike, *, model_
     """
     shards = [(Path(p), read_npz(p)) for p in shard_paths]
     if not shards:
-        raise ConfigError(f"dvt stage 1 of {model_key}: no shards to gather into {out_path}")
+        raise ConfigError(f"dvt stage 1 of {model_key}: no shards to gather into {out_path} (no training tiles: "
+                          "dvt.stage1_subsets names no configured dataset)")
     volatile = ("first", "n_tiles", "device", "seconds_per_tile")
     head_path, head = shards[0]
     common = {k: v for k, v in head["attrs"].items() if k not in volatile}
