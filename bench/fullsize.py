@@ -1,6 +1,6 @@
 """What regenerating the whole paper preset costs: work counted from the config, per-unit costs measured here.
 
-``python bench/fullsize.py [--config config.yaml] [--quick] [--gpu-json R] [--out DIR]``
+``python bench/fullsize.py [--config config.yaml] [--quick] [--gpu-json R] [--dvt-json D] [--out DIR]``
 
 1. **Work**, counted from the config and the study registry
    (``vitlocal.studies``: every experiment job the built figures draw and
@@ -50,6 +50,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_machine  # noqa: E402
+import dvt as dvt_bench  # noqa: E402  (bench/dvt.py: DVT stage 1 per-tile costs and its projection)
 from fullsize_costs import (  # noqa: E402,F401  (EFFICIENCY: re-exported for tests/test_bench_fullsize.py)
     EFFICIENCY, GOAL_GPU_S, REFERENCE_GPU, cpu_costs, gpu_costs, measure_decode, measure_forward, measure_knn,
     measure_linear, measure_write, synthetic_patches, write_cityscapes,
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--memory-images", type=int,
                         help="n of the extraction's n / 2n peak-RSS runs (default 2, --quick 1; 4 adds ~2 min)")
     parser.add_argument("--gpu-json", type=Path, help="bench/gpu.py results.json for measured GPU costs")
+    parser.add_argument("--dvt-json", type=Path, help="bench/dvt.py dvt.json: measured DVT stage-1 costs per tile")
     parser.add_argument("--out", type=Path, help="folder for projection.json and projection.md")
     args = parser.parse_args(argv)
     start, load_before = time.monotonic(), _load()
@@ -281,7 +283,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         measured.update(measure_write(tmp / f"rss{n_images}.parquet", tmp / "write.parquet", 4 // n_images))
     data = assemble(work, args.model, measured, memory, gpu_json, str(args.config.name))
     data.update(load_before=load_before, load_after=_load(), bench_s=time.monotonic() - start)
-    text = report(data)
+    dvt_json = json.loads(args.dvt_json.read_text()) if args.dvt_json else None
+    data["dvt_stage1"] = dvt_bench.fullsize_stage1(config, gpu_json, dvt_json)
+    text = "\n".join([report(data), *dvt_bench.fullsize_lines(data["dvt_stage1"])])
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

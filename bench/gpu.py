@@ -17,7 +17,9 @@ own code (``vitlocal.models``, ``vitlocal.features``, ``vitlocal.probes``):
    in fp32 (the pipeline's default), TF32 and bf16, and the agreement of
    TF32/bf16 with fp32 on a sample of queries;
 5. ``linear``: linear-probe epochs/s on the same gallery features;
-6. ``compile``: ``torch.compile`` of the ViT at the best eager batch size,
+6. ``dvt``: DVT stage 1 at paper settings, seconds per tile one at a time
+   vs batched (``bench/dvt.py``, quick mode, about a minute);
+7. ``compile``: ``torch.compile`` of the ViT at the best eager batch size,
    and whether it helps (last: its compile time is the least predictable).
 
 A failing section is recorded (error and traceback) and the run goes on;
@@ -45,6 +47,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dvt as dvt_bench  # noqa: E402  (bench/dvt.py: DVT stage 1 per tile, one at a time vs batched)
 import extract as extract_bench  # noqa: E402  (bench/extract.py: PNG source, model-only and end-to-end timers)
 from common import DATASHEET, VIT_B_GFLOP  # noqa: E402,F401  (gpu.DATASHEET: the figures fullsize projects with)
 
@@ -382,8 +385,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if cfg.tiny:
         cfg.device = cfg.device or "cpu"
         torch.set_num_threads(1)  # tiny ops on a shared CPU: a second thread only waits (measured 4-10x slower)
-    if cfg.sections is None:  # compiling on a CPU needs a C++ toolchain and minutes: not for --tiny
-        cfg.sections = [name for name in SECTIONS if not (cfg.tiny and name == "compile")]
+    if cfg.sections is None:  # compiling on a CPU needs a C++ toolchain and minutes, DVT at paper size a minute
+        cfg.sections = [name for name in SECTIONS if not (cfg.tiny and name in ("compile", "dvt"))]
     for key, value in SIZES["tiny" if cfg.tiny else "gpu"].items():
         setattr(cfg, key, value)
     return cfg
@@ -395,6 +398,7 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "extraction": lambda cfg, dev, results, state: bench_extraction(cfg, dev),
     "knn": lambda cfg, dev, results, state: bench_knn(cfg, dev, state),
     "linear": lambda cfg, dev, results, state: bench_linear(cfg, dev, state),
+    "dvt": lambda cfg, dev, results, state: dvt_bench.gpu_section(dev),
     "compile": lambda cfg, dev, results, state: bench_compile(cfg, dev, results),
 }
 

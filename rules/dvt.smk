@@ -3,6 +3,7 @@
 # variant -> raw-vs-DVT probes (table_dvt) and the PCA figure (fig_dvt).
 # Stage 1 reads training subsets only (dvt.stage1_subsets); never a val set.
 
+from vitlocal.denoise.shards import shard_plan, split_stage1_config, stage1_shard_paths
 from vitlocal.studies.dvt.wiring import (
     checkpoint_path,
     denoised_pairs,
@@ -15,16 +16,24 @@ DVT = config["dvt"]
 DVT_MODELS = DVT["models"]
 DVT_SOURCES = stage1_sources(config, RESULTS, DATASETS, dataset_root)
 DVT_STAGE1_INPUTS = stage1_inputs(DVT_SOURCES, dataset_input)
+# The fit's and the shards' keys; seconds_per_tile only sizes the runtime: changing it reruns nothing.
+DVT_STAGE1_PARAMS = {k: v for k, v in DVT["stage1"].items() if k != "seconds_per_tile"}
+# A bad dvt.stage1 value stops here, before any job.
+DVT_SHARDS = shard_plan(DVT_SOURCES, split_stage1_config(DVT["stage1"])[1]) if DVT_MODELS and DVT_SOURCES else []
 
 
-rule dvt_stage1:
+# Stage 1 as shards of at most dvt.stage1.tiles_per_job tiles (planned from the
+# config alone, so the DAG is known before any job): each a GPU job with a
+# runtime estimated from its tiles and dvt.stage1.seconds_per_tile, resumable
+# inside (denoise/shards.py); the gather reads them in shard order.
+rule dvt_stage1_shard:
     input:
         unpack(lambda wildcards: {**DVT_STAGE1_INPUTS, **get_weights_input(wildcards)}),
     output:
-        npz=f"{RESULTS}/dvt/stage1/{{model}}.npz",
+        npz=f"{RESULTS}/dvt/stage1/{{model}}/shard-{{shard}}.npz",
     params:
         sources=DVT_SOURCES,
-        stage1=DVT["stage1"],
+        stage1=DVT_STAGE1_PARAMS,
         model_overrides=lambda wildcards: model_overrides(wildcards.model),
         weights_dir=WEIGHTS_DIR,
         preset=PRESET,
@@ -34,15 +43,33 @@ rule dvt_stage1:
     threads: config["extraction"]["threads"]
     resources:
         gpu=1,
+        runtime=lambda wildcards: DVT_SHARDS[int(wildcards.shard)]["runtime"],  # minutes
         mem_mb=16000,
+    wildcard_constraints:
+        shard=r"\d{4}",
     log:
-        f"{LOGS}/dvt/stage1/{{model}}.log",
+        f"{LOGS}/dvt/stage1/{{model}}/shard-{{shard}}.log",
     benchmark:
-        f"{BENCHMARKS}/dvt/stage1/{{model}}.tsv"
+        f"{BENCHMARKS}/dvt/stage1/{{model}}/shard-{{shard}}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
         "../scripts/dvt_stage1.py"
+
+
+rule dvt_stage1:
+    input:
+        shards=lambda wildcards: stage1_shard_paths(RESULTS, wildcards.model, DVT_SHARDS),
+    output:
+        npz=f"{RESULTS}/dvt/stage1/{{model}}.npz",
+    resources:
+        mem_mb=16000,
+    log:
+        f"{LOGS}/dvt/stage1/{{model}}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/dvt_stage1_gather.py"
 
 
 rule dvt_stage2:
@@ -84,6 +111,7 @@ for _model in DVT_MODELS:
             features=[out for _, out in _pairs],
         params:
             model=_model,
+            model_overrides=model_overrides(_model),
             device=config["device"],
             dtype=config["extraction"]["dtype"],
         threads: config["extraction"]["threads"]
@@ -119,7 +147,7 @@ for _model in DVT_MODELS:
             jobs=[{**job, "root": dataset_root(job["dataset"])} for job in _jobs],
             model_overrides=model_overrides(_model),
             weights_dir=WEIGHTS_DIR,
-            stage1=DVT["stage1"],
+            stage1=DVT_STAGE1_PARAMS,
             seed=config["seed"],
             device=config["device"],
             dtype=config["extraction"]["dtype"],

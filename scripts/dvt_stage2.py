@@ -16,5 +16,6 @@ with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake
     sm = snakemake  # noqa: F821
     torch.set_num_threads(sm.threads)
     record = run_stage2(stage1_path=sm.input.npz, settings=Stage2Settings.from_config(sm.params.stage2),
-                        out_path=sm.output.checkpoint, seed=sm.params.seed, device=sm.params.device)
+                        out_path=sm.output.checkpoint, model_key=sm.wildcards.model, seed=sm.params.seed,
+                        device=sm.params.device)
     log.info("%s: sha256 %s", sm.output.checkpoint, record["sha256"])

@@ -15,7 +15,7 @@ from vitlocal.workflow import rule_logging
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
     sm = snakemake  # noqa: F821
     n = sm.params.n_images
-    stage1 = [read_stage1(path) for path in sm.input.stage1]
+    stage1 = [read_stage1(path, model) for path, model in zip(sm.input.stage1, sm.params.models)]
     outputs = [denoise(load_checkpoint(ckpt), s["raw"][:n]) for ckpt, s in zip(sm.input.checkpoints, stage1)]
     # Our checkpoints' sidecars hold stage 2's held-out loss; a released checkpoint has none.
     sidecars = [Path(ckpt).with_suffix(".json") for ckpt in sm.input.checkpoints]

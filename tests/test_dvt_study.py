@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vitlocal.denoise import pipeline as dvt_pipeline
-from vitlocal.denoise.pipeline import denoise_feature_file, select_tiles
+from vitlocal.denoise.pipeline import denoise_feature_file
+from vitlocal.denoise.shards import select_tiles
 from vitlocal.denoise.stage2 import Denoiser
 from vitlocal.errors import ConfigError
 from vitlocal.features.store import FeatureWriter, read_attrs, read_features
@@ -236,9 +237,11 @@ TINY32 = {"arch": "vit_tiny_patch16_224", "weights": "random", "seed": 1,
           "model_kwargs": {"img_size": 32, "embed_dim": 16, "depth": 2, "num_heads": 2}}
 
 
-def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path):
+@pytest.mark.parametrize("tiles_per_step", [1, 3])  # 3: an image's 32 tiles in calls of 3 (and a last of 2)
+def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path, tiles_per_step):
     from vitlocal.datasets import cityscapes
-    from vitlocal.denoise.pipeline import _last_layer_encoder, stage1_feature_file
+    from vitlocal.denoise.pipeline import stage1_feature_file
+    from vitlocal.denoise.shards import last_layer_encoder
     from vitlocal.denoise.stage1 import Stage1Settings, denoise_image
     from vitlocal.features.pipeline import extract_features
     from vitlocal.features.sources import base_tiling, make_source
@@ -255,7 +258,7 @@ def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path):
     settings = Stage1Settings(views=3, steps=4, tokens_per_step=16, levels=2, features_per_level=2,
                               base_resolution=2, max_resolution=4, batch_size=4)
     done = stage1_feature_file(clean, out, root=root, manifest=manifest, settings=settings, seed=3, dtype="float32",
-                               **common)
+                               tiles_per_step=tiles_per_step, **common)
     meta_raw, raw = read_features(clean)
     meta, layers = read_features(out)
     assert done["tiles"] == 32 and done["patches"] == len(meta_raw) == 32 * 4
@@ -266,7 +269,7 @@ def test_dvt1_variant_is_stage1_F_of_every_tile_of_the_clean_file(tmp_path):
     # Tile 5 by hand: its seed is the file's tile counter; its full view is the file's clean tile.
     spec = resolve("dino", TINY32)
     item = make_source("cityscapes", root, manifest, spec, "clean", tiling=base_tiling("cityscapes"), seed=0)[0]
-    result = denoise_image(item.tiles[5], _last_layer_encoder(spec, tmp_path / "w", torch.device("cpu")),
+    result = denoise_image(item.tiles[5], last_layer_encoder(spec, tmp_path / "w", torch.device("cpu")),
                            mean=spec.mean, std=spec.std, input_size=spec.input_size, grid=spec.grid,
                            settings=settings, seed=3 * 1_000_003 + 5, device="cpu")
     rows = (meta["tile_id"] == 5).to_numpy()

@@ -8,6 +8,10 @@
 - ``stage2``: the generalizable denoiser (one timm ``Block`` + learnable
   position embedding), its training, versioned checkpoints with sha256, and
   a loader for the authors' released checkpoints.
-- ``pipeline``: what the workflow rules call (tiles of training images ->
-  stage-1 outputs; raw feature files -> denoised feature files).
+- ``shards``: stage 1 of one model as shard jobs (planned from the config,
+  resumable step by step, same per-tile seeds as one job); ``stage1_files``:
+  the stage-1 ``.npz`` files (atomic, byte-reproducible, checked) and the
+  gather of the shards, torch-free.
+- ``pipeline``: what the workflow rules call (stage-1 outputs -> denoiser;
+  raw feature files -> denoised feature files; ``dvt1`` files).
 """

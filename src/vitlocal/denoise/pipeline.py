@@ -1,22 +1,21 @@
-"""What the DVT rules call: training tiles -> stage-1 outputs; stage-1 outputs -> denoiser; raw files -> ``dvt`` files.
+"""What the DVT rules call: stage-1 outputs -> denoiser; raw files -> ``dvt`` files; clean files -> ``dvt1`` files.
 
-Unit of stage 1: one *tile*, the image the ViT sees in this study's protocol
-(a Cityscapes image is 4 x 8 tiles, ADE20K 2 x 3; ``features.sources``). Its
-views are random-resized crops of the tile resized to the model input, and
-its full view is exactly the clean tile of the feature files, so the stage-2
-denoiser learns the map the ``dvt`` variant applies to the ``clean`` files.
+Stage 1 on training tiles runs as shard jobs (``shards``). Unit of stage 1:
+one *tile*, the image the ViT sees in this study's protocol (a Cityscapes
+image is 4 x 8 tiles, ADE20K 2 x 3; ``features.sources``). Its views are
+random-resized crops of the tile resized to the model input, and its full
+view is exactly the clean tile of the feature files, so the stage-2 denoiser
+learns the map the ``dvt`` variant applies to the ``clean`` files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -27,127 +26,41 @@ from ..features.pipeline import load_manifest, resolve_device
 from ..features.sources import base_tiling, make_source
 from ..features.store import FeatureWriter, iter_features, read_attrs, read_features
 from ..heap import fix_mmap_threshold
-from ..models.extractor import build_extractor
 from ..models.registry import resolve
-from .stage1 import Stage1Settings, denoise_image
+from .shards import fit_tiles, last_layer_encoder, settings_record
+from .stage1 import Stage1Settings
+from .stage1_files import read_npz, remove_leftovers
 from .stage2 import Denoiser, Stage2Settings, denoise, save_checkpoint, train_denoiser
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 
-def select_tiles(n_images: int, n_tiles: int, limit: int | None, seed: int) -> list[tuple[int, int]]:
-    """``limit`` distinct ``(image, tile)`` pairs drawn with ``seed`` (all when ``limit`` is None), sorted."""
-    total = n_images * n_tiles
-    if limit is None or limit >= total:
-        picks = np.arange(total)
-    else:
-        picks = np.sort(np.random.default_rng(seed).choice(total, size=int(limit), replace=False))
-    return [(int(i // n_tiles), int(i % n_tiles)) for i in picks]
-
-
-def run_stage1(
-    *, model_key: str, model_overrides: Mapping[str, Any] | None, weights_dir: PathLike,
-    sources: Sequence[Mapping[str, Any]], settings: Stage1Settings, out_path: PathLike, preset: str,
-    seed: int = 0, device: str = "auto", figure_tiles: int = 4,
-) -> pd.DataFrame:
-    """Stage 1 on the selected tiles of every source; one ``.npz`` for the model; returns per-tile timings.
-
-    ``sources``: ``{dataset, root, manifest, max_tiles}`` each (training
-    manifests only; the workflow never passes an evaluation split). The
-    ``.npz`` holds ``raw``, ``denoised`` (F), ``artifact`` (G) as float16
-    (n, gh, gw, C), the tile keys, per-tile loss and seconds, the first
-    ``figure_tiles`` tiles as images, and ``attrs`` (JSON provenance).
-    """
-    spec = resolve(model_key, model_overrides)
-    torch_device = resolve_device(device)
-    encode = _last_layer_encoder(spec, weights_dir, torch_device)
-
-    keys, raws, cleans, artifacts, thumbs, timings = [], [], [], [], [], []
-    for source_index, src in enumerate(sources):
-        dataset = src["dataset"]
-        table = load_manifest(src["manifest"])
-        tiles = make_source(dataset, src["root"], table, spec, "clean", tiling=base_tiling(dataset), seed=seed)
-        picks = select_tiles(len(table), tiles.tiling.n_tiles, src.get("max_tiles"), seed + source_index)
-        grid = tiles.grid
-        log.info("%s: stage 1 on %d tiles of %s (%d images), grid %s, %d views x %d steps on %s",
-                 model_key, len(picks), dataset, len(table), grid, settings.views, settings.steps, torch_device)
-        cached: tuple[int, Any] | None = None
-        for image_index, tile_id in picks:
-            if cached is None or cached[0] != image_index:
-                cached = (image_index, tiles[image_index])
-            item = cached[1]
-            tile = item.tiles[tile_id]
-            tile_seed = seed * 1_000_003 + len(keys)
-            result = denoise_image(tile, encode, mean=spec.mean, std=spec.std, input_size=spec.input_size,
-                                   grid=grid, settings=settings, seed=tile_seed, device=torch_device)
-            keys.append((dataset, item.sample_id, tile_id))
-            raws.append(result.raw)
-            cleans.append(result.denoised)
-            artifacts.append(result.artifact)
-            if len(thumbs) < figure_tiles:
-                thumbs.append(cv2.resize(tile, (spec.input_size, spec.input_size), interpolation=cv2.INTER_AREA))
-            timings.append({"dataset": dataset, "sample_id": item.sample_id, "tile_id": tile_id,
-                            "seconds_views": result.seconds_views, "seconds_fit": result.seconds_fit,
-                            "loss": result.loss})
-            log.info("%s %s tile %d: views %.2f s, fit %.2f s, loss %.4f", dataset, item.sample_id, tile_id,
-                     result.seconds_views, result.seconds_fit, result.loss)
-    if not keys:
-        raise ConfigError(f"dvt stage 1 for {model_key}: no training tiles selected (check dvt.stage1_tiles)")
-    timing = pd.DataFrame(timings)
-    attrs = {
-        "model": spec.key, "arch": spec.arch, "weights": spec.weights_label, "preset": preset, "seed": seed,
-        "layer": spec.depth, "grid": list(grid), "device": str(torch_device), "settings": _plain(settings),
-        "sources": [{k: str(v) for k, v in s.items()} for s in sources], "n_tiles": len(keys),
-        "seconds_per_tile": float((timing["seconds_views"] + timing["seconds_fit"]).mean()),
-        "vitlocal_version": __version__,
-    }
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f"{out_path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(
-        tmp, raw=np.stack(raws).astype(np.float16), denoised=np.stack(cleans).astype(np.float16),
-        artifact=np.stack(artifacts).astype(np.float16), images=np.stack(thumbs),
-        dataset=np.array([k[0] for k in keys]), sample_id=np.array([k[1] for k in keys]),
-        tile_id=np.array([k[2] for k in keys]), loss=timing["loss"].to_numpy(),
-        seconds_views=timing["seconds_views"].to_numpy(), seconds_fit=timing["seconds_fit"].to_numpy(),
-        attrs=np.array(json.dumps(attrs)),
-    )
-    os.replace(tmp, out_path)
-    log.info("%s: %d tiles, %.2f s per tile (views %.2f + fit %.2f) on %s -> %s", model_key, len(keys),
-             attrs["seconds_per_tile"], timing["seconds_views"].mean(), timing["seconds_fit"].mean(),
-             torch_device, out_path)
-    return timing
-
-
-def _last_layer_encoder(spec: Any, weights_dir: PathLike, device: torch.device):
-    """``x -> last block's patch tokens`` (final norm applied): what DVT denoises."""
-    extractor = build_extractor(spec, weights_dir, device)
-    depth = spec.depth
-    return lambda x: extractor.forward_layers(x, [depth])[0][depth]
-
-
-def _plain(settings: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
-
-
-def read_stage1(path: PathLike) -> dict[str, Any]:
-    """The arrays of a stage-1 ``.npz`` (float32) and its ``attrs``."""
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
-    out["attrs"] = json.loads(str(out["attrs"]))
+def read_stage1(path: PathLike, model: str | None = None) -> dict[str, Any]:
+    """The arrays of a stage-1 ``.npz`` (float32) and its ``attrs``; ``model``: refuse another model's file."""
+    out = read_npz(path)
+    if model is not None and out["attrs"].get("model") != model:
+        raise ConfigError(f"{path} holds stage 1 of model {out['attrs'].get('model')!r}, read for model {model!r}")
     for key in ("raw", "denoised", "artifact"):
         out[key] = out[key].astype(np.float32)
     return out
 
 
 def run_stage2(
-    *, stage1_path: PathLike, settings: Stage2Settings, out_path: PathLike, seed: int = 0, device: str = "auto",
+    *, stage1_path: PathLike, settings: Stage2Settings, out_path: PathLike, model_key: str, seed: int = 0,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Train the denoiser on one model's stage-1 outputs (raw -> F); write the checkpoint + sidecar."""
+    """Train ``model_key``'s denoiser on its stage-1 outputs (raw -> F); write the checkpoint + sidecar.
+
+    A stage-1 file of another model is refused; temporary files of an
+    interrupted earlier save of the checkpoint are removed first.
+    """
     data = read_stage1(stage1_path)
+    if data["attrs"].get("model") != model_key:
+        raise ConfigError(f"{stage1_path} holds stage 1 of model {data['attrs'].get('model')!r}; the denoiser "
+                          f"{out_path} is for model {model_key!r}")
+    for path in (Path(out_path), Path(out_path).with_suffix(".json")):
+        remove_leftovers(path)
     torch_device = resolve_device(device)
     start = time.perf_counter()
     model, losses = train_denoiser(data["raw"], data["denoised"], settings, seed=seed, device=torch_device)
@@ -156,7 +69,7 @@ def run_stage2(
         "model": attrs["model"], "arch": attrs["arch"], "weights": attrs["weights"], "preset": attrs["preset"],
         "layer": attrs["layer"], "trained_on": {"stage1": str(stage1_path), "n_tiles": int(len(data["raw"])),
                                                 "sources": attrs["sources"]},
-        "stage1_settings": attrs["settings"], "stage2_settings": _plain(settings), "seed": seed,
+        "stage1_settings": attrs["settings"], "stage2_settings": settings_record(settings), "seed": seed,
         "loss_first": losses[0], "loss_last": losses[-1], "seconds": time.perf_counter() - start,
         "device": str(torch_device),
     }
@@ -181,16 +94,20 @@ def denoise_feature_file(
     Same patches, labels and metadata; only the last layer is stored (the
     layer DVT denoises). Streams the file row group by row group (peak memory
     ~ one group, whatever the file's size). Returns the number of patches written.
+    ``checkpoint`` (the denoiser's record, :func:`denoiser_record`): a file of
+    another model, layer or width than the checkpoint's is refused, naming both.
     """
     attrs = read_attrs(in_path)
     layer = max(int(v) for v in attrs["layers"])
     gh, gw = (int(v) for v in attrs["grid"])
+    record = dict(checkpoint or {})
+    _check_denoiser_fits(in_path, attrs, layer, model, record)
     per_tile = gh * gw
     torch_device = resolve_device(device)
     fix_mmap_threshold()  # flat peak memory over a long file (vitlocal.heap)
     meta_left, x_left = None, None  # a tile cut by a row-group boundary waits for its other part
     n_written, chunk = 0, DENOISE_TILES * per_tile
-    with FeatureWriter(out_path, _denoised_attrs(attrs, variant, layer, dict(checkpoint or {})), dtype=dtype) as writer:
+    with FeatureWriter(out_path, _denoised_attrs(attrs, variant, layer, record), dtype=dtype) as writer:
         for meta, layers in iter_features(in_path, [layer]):
             x = layers.pop(layer)
             if meta_left is not None:
@@ -208,6 +125,42 @@ def denoise_feature_file(
         if meta_left is not None and len(meta_left):
             raise ConfigError(f"{in_path}: {len(meta_left)} patches after the last whole tile of the {gh}x{gw} grid")
     return n_written
+
+
+#: ``source`` of a checkpoint record for the authors' released denoisers (``dvt.checkpoints``).
+RELEASED = "authors' release"
+
+
+def denoiser_record(record: Mapping[str, Any], path: PathLike, model: Denoiser, spec: Any) -> dict[str, Any]:
+    """A checkpoint's record as the ``dvt`` files keep it: its path, model, layer and ``dvt_source``.
+
+    ``dvt_source`` is ``ours@<px>`` or ``released@<px>``: who trained the
+    denoiser and at which input size (its position grid x the patch size). The
+    authors' releases were trained at 518 / 512 px, not this study's 224; their
+    files record no model or layer: they are the model's configured ones (the
+    last block).
+    """
+    out = {**record, "path": str(path)}
+    released = record.get("source") == RELEASED
+    if released:
+        out.setdefault("model", spec.key)
+        out.setdefault("layer", spec.depth)
+    out["dvt_source"] = f"{'released' if released else 'ours'}@{model.grid[0] * spec.patch_size}"
+    return out
+
+
+def _check_denoiser_fits(path: PathLike, attrs: Mapping[str, Any], layer: int, model: Denoiser,
+                         record: Mapping[str, Any]) -> None:
+    """Refuse a denoiser made for another model, layer or width than the feature file ``path``."""
+    where = record.get("path") or record.get("file") or "the denoiser"
+    if "model" in record and record["model"] != attrs["model"]:
+        raise ConfigError(f"{where} is model {record['model']!r}'s denoiser; {path} holds model "
+                          f"{attrs['model']!r}'s features")
+    if "layer" in record and int(record["layer"]) != layer:
+        raise ConfigError(f"{where} denoises layer {record['layer']}; the highest layer stored in {path} is {layer}")
+    dim = int(attrs.get("dims", {}).get(str(layer), model.dim))
+    if dim != model.dim:
+        raise ConfigError(f"{where} denoises {model.dim}-wide features; layer {layer} of {path} is {dim} wide")
 
 
 def _check_tile_order(meta: pd.DataFrame, gw: int, per_tile: int, path: PathLike, offset: int) -> None:
@@ -231,15 +184,16 @@ def _denoised_attrs(attrs: Mapping[str, Any], variant: str, layer: int, denoiser
 def stage1_feature_file(
     in_path: PathLike, out_path: PathLike, *, model_key: str, model_overrides: Mapping[str, Any] | None,
     weights_dir: PathLike, root: PathLike, manifest: PathLike, settings: Stage1Settings, seed: int = 0,
-    device: str = "auto", dtype: str = "float16", variant: str = "dvt1",
+    device: str = "auto", dtype: str = "float16", variant: str = "dvt1", tiles_per_step: int = 1,
 ) -> dict[str, float]:
     """The ``dvt1`` variant: stage 1's ``F`` of every tile of a ``clean`` feature file, in its patch order.
 
     No denoiser: each tile is decomposed on its own (``views`` crops, ``steps``
     of fitting), so the cost is stage 1's per tile times the file's tiles: for
     small sets. The tiles are rebuilt from ``root`` and ``manifest`` exactly as
-    the file was extracted (its full view is the file's clean tile). Returns
-    patches written, tiles and seconds per tile.
+    the file was extracted (its full view is the file's clean tile); an image's
+    tiles are fitted ``tiles_per_step`` at a time (``shards.fit_tiles``, as stage
+    1's shards). Returns patches written, tiles and seconds per tile.
     """
     attrs = read_attrs(in_path)
     if attrs["variant"] != "clean":
@@ -251,11 +205,11 @@ def stage1_feature_file(
     meta, _ = read_features(in_path, [])
     dataset = attrs["dataset"]
     torch_device = resolve_device(device)
-    encode = _last_layer_encoder(spec, weights_dir, torch_device)
+    encode = last_layer_encoder(spec, weights_dir, torch_device)
     source = make_source(dataset, root, load_manifest(manifest), spec, "clean", tiling=base_tiling(dataset),
                          seed=int(attrs.get("seed", seed)))
     by_sample = {sample: rows for sample, rows in meta.groupby("sample_id", sort=False).indices.items()}
-    denoiser = {"method": "stage1", "settings": _plain(settings), "seed": seed}
+    denoiser = {"method": "stage1", "settings": settings_record(settings), "seed": seed}
     seconds, n_tiles = 0.0, 0
     with FeatureWriter(out_path, _denoised_attrs(attrs, variant, layer, denoiser), dtype=dtype) as writer:
         for index in range(len(source)):
@@ -265,17 +219,18 @@ def stage1_feature_file(
                 continue
             part = meta.iloc[rows].reset_index(drop=True)
             tile_of, row_of, col_of = (part[k].to_numpy() for k in ("tile_id", "patch_row", "patch_col"))
-            out = None
-            for tile_id in dict.fromkeys(tile_of):
-                result = denoise_image(item.tiles[int(tile_id)], encode, mean=spec.mean, std=spec.std,
-                                       input_size=spec.input_size, grid=source.grid, settings=settings,
-                                       seed=seed * 1_000_003 + n_tiles, device=torch_device)
-                if out is None:
-                    out = np.empty((len(part), result.denoised.shape[-1]), dtype=np.float32)
-                at = tile_of == tile_id  # each row gets its own patch, whatever the file's row order
-                out[at] = result.denoised[row_of[at], col_of[at]]
-                seconds += result.seconds_views + result.seconds_fit
-                n_tiles += 1
+            out = np.empty((len(part), spec.embed_dim), dtype=np.float32)
+            tile_ids = list(dict.fromkeys(tile_of))
+            for start in range(0, len(tile_ids), tiles_per_step):
+                group = tile_ids[start : start + tiles_per_step]
+                seeds = [seed * 1_000_003 + n_tiles + k for k in range(len(group))]
+                results = fit_tiles([item.tiles[int(t)] for t in group], encode, spec=spec, grid=source.grid,
+                                    settings=settings, seeds=seeds, device=torch_device)
+                for tile_id, result in zip(group, results):
+                    at = tile_of == tile_id  # each row gets its own patch, whatever the file's row order
+                    out[at] = result.denoised[row_of[at], col_of[at]]
+                    seconds += result.seconds_views + result.seconds_fit
+                n_tiles += len(group)
             writer.write(part, {layer: out})
         if by_sample:
             raise ConfigError(f"{in_path}: {len(by_sample)} samples (e.g. {next(iter(by_sample))!r}) are not in "

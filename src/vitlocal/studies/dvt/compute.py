@@ -13,6 +13,7 @@ with the same settings, so a difference is DVT's alone.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +49,24 @@ def denoised_layer(path) -> int:
     return max(int(v) for v in read_attrs(path)["layers"])
 
 
+def _first_path(files: Any) -> str:
+    """The first file of a level's ``files`` (a path, or a nesting of dicts of paths)."""
+    return str(files) if not isinstance(files, Mapping) else _first_path(next(iter(files.values())))
+
+
+def _with_dvt_source(rows: pd.DataFrame, files: Mapping[str, Any]) -> pd.DataFrame:
+    """``dvt`` rows name their denoiser in ``settings``: ``dvt_source`` ``ours@224`` or ``released@518``
+    (the authors' denoisers, trained at 518 / 512 px, applied to this study's 224-px tiles)."""
+    source = read_attrs(_first_path(files["dvt"])).get("denoiser", {}).get("dvt_source", "unrecorded")
+    level = rows["level"].astype(str)
+    mine = ((level == "dvt") | level.str.startswith("dvt:")).to_numpy()
+    rows = rows.copy()
+    rows.loc[mine, "settings"] = [
+        json.dumps({**(json.loads(s) if isinstance(s, str) and s else dict(s or {})), "dvt_source": source},
+                   sort_keys=True, separators=(",", ":")) for s in rows.loc[mine, "settings"]]
+    return rows
+
+
 def _relabel(rows: pd.DataFrame, experiment: str, level: str, *, keep_level: bool = False) -> pd.DataFrame:
     out = rows.copy()
     out["experiment"] = experiment
@@ -75,7 +94,7 @@ def raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target: EvalTarge
                                  provenance=provenance(val.attrs, probe="linear", knn_metric=probes.knn_metric,
                                                        settings=settings)))
         log.info("%s %s layer %d: k-NN mIoU %.3f, linear mIoU %.3f", model, level, layer, knn.miou, linear.miou)
-    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+    return _with_dvt_source(pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)], files)
 
 
 def ade20k_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target: EvalTarget,
@@ -86,7 +105,7 @@ def ade20k_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target: Ev
     layer = denoised_layer(files["dvt"]["val"])
     frames = [_relabel(ade20k_rows(model, files[level]["train"], files[level]["val"], target=target, probes=probes,
                                    layer=layer), EXPERIMENTS["ade20k"], level) for level in files]
-    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+    return _with_dvt_source(pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)], files)
 
 
 def robustness_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target: EvalTarget,
@@ -101,7 +120,7 @@ def robustness_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], *, target
     frames = [_relabel(degradation_rows(model, files[level]["train"], dict(files[level]["val_variants"]),
                                         target=target, probes=probes, layer=layer),
                        EXPERIMENTS["robustness"], level, keep_level=True) for level in files]
-    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+    return _with_dvt_source(pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)], files)
 
 
 def retrieval_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], manifest: pd.DataFrame,
@@ -118,7 +137,7 @@ def retrieval_raw_vs_dvt_rows(model: str, files: Mapping[str, Files], manifest: 
         rows = retrieval_rows(model, files[level]["gallery"], dict(files[level]["queries"]), manifest, **search)
         rows = rows[(rows["experiment"] == EXPERIMENT) & (rows["model"] == model)]
         frames.append(_relabel(rows, EXPERIMENTS["retrieval"], level, keep_level=True))
-    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+    return _with_dvt_source(pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)], files)
 
 
 def tracking_raw_vs_dvt_rows(model: str, files: Mapping[str, str], manifest, **tracking: Any) -> pd.DataFrame:
@@ -128,4 +147,4 @@ def tracking_raw_vs_dvt_rows(model: str, files: Mapping[str, str], manifest, **t
     frames = [tracking_rows(model, files[level], manifest, experiment=EXPERIMENTS["tracking"],
                             variant="clean" if level == "raw" else level, level_prefix=f"{level}:", **tracking)
               for level in files]
-    return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
+    return _with_dvt_source(pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)], files)
