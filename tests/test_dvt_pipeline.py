@@ -33,7 +33,7 @@ from vitlocal.errors import ConfigError
 TINY32 = {"arch": "vit_tiny_patch16_224", "weights": "random", "seed": 1,
           "model_kwargs": {"img_size": 32, "embed_dim": 16, "depth": 2, "num_heads": 2}}
 SETTINGS = Stage1Settings(views=3, steps=4, tokens_per_step=16, levels=2, features_per_level=2, base_resolution=2,
-                          max_resolution=4, hidden=8, batch_size=4)
+                          max_resolution=4, batch_size=4)
 SEED = 3
 
 

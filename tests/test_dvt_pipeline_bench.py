@@ -54,7 +54,7 @@ def test_fullsize_section_uses_measured_figures(dvt):
 
 def test_tiny_run_reports_both_paths_and_the_ratio_line(dvt, monkeypatch):
     settings = Stage1Settings(views=4, steps=100, tokens_per_step=32, levels=2, features_per_level=2,
-                              base_resolution=2, max_resolution=4, hidden=8, batch_size=4)
+                              base_resolution=2, max_resolution=4, batch_size=4)
     monkeypatch.setattr(dvt, "views_seconds", lambda settings, device, batch: 1.0)
     figures = dvt.bench("cpu", settings=settings, sizes={"steps": (1, 3), "tiles": 2, "view_batch": 2})
     one = figures["one_at_a_time"]
