@@ -27,6 +27,7 @@ from vitlocal.studies.base import ConfigView, config_slice
 DEMO = load_config("config/demo.yaml")
 STUDY = DEMO["study_models"]
 DVT = DEMO["dvt"]["models"]
+CARD = DEMO["card"]["models"]  # each card model's own k-NN / top-m probes, and the layerwise k-NN it reads
 
 
 def _workflow(api, workdir: Path, overrides: dict | None):
@@ -98,9 +99,10 @@ CASES = {
         *runs("train_size", STUDY), *runs("layerwise", STUDY), *runs("degradation", STUDY), *runs("ade20k", STUDY),
         *runs("variance_removal", STUDY), *runs("cityscapes_full_vs_tile", ["dino"]),
         *runs("dvt_cityscapes", DVT), *runs("dvt_ade20k", DVT), *runs("dvt_robustness", DVT),
-        ("predict_qualitative",)}),
-    # Fig 4b/4c only: not Fig 4a's spectrum, Table 6's R², the top-dims overlap, or any other study.
-    "variance.removed_dims": ({"variance": {"removed_dims": [0, 5]}}, runs("variance_removal", STUDY)),
+        *runs("card", CARD), *runs("layerwise", CARD), ("predict_qualitative",)}),
+    # Fig 4b/4c and the cards' top-m rows: not Fig 4a's spectrum, Table 6's R², the top-dims overlap, or any other study.
+    "variance.removed_dims": ({"variance": {"removed_dims": [0, 5]}},
+                              {*runs("variance_removal", STUDY), *runs("card", CARD)}),
     # only the models with a <model>-<m> row (retrieval.removed_models: mae, scalemae); not DVT's retrieval.
     "retrieval.removed_dims": ({"retrieval": {"removed_dims": 8}}, runs("fair1m_retrieval", ["mae", "scalemae"])),
     # Fig 11's writer only.
@@ -167,7 +169,8 @@ def test_every_experiment_declares_its_keys():
 
 ROW_MODULES = ("vitlocal.studies.probing.compute", "vitlocal.studies.variance.compute",
                "vitlocal.studies.retrieval.compute", "vitlocal.studies.tracking.compute",
-               "vitlocal.studies.scene.gsd", "vitlocal.studies.scene.reconstruction", "vitlocal.studies.dvt.compute")
+               "vitlocal.studies.scene.gsd", "vitlocal.studies.scene.reconstruction", "vitlocal.studies.dvt.compute",
+               "vitlocal.studies.card.compute")
 
 
 def test_every_experiment_reads_only_its_declared_keys(monkeypatch):

@@ -65,14 +65,14 @@ def _inputs(layout, model):
 def _card(job):
     from .compute import card_rows
 
-    settings = card_settings(job.config)
     return card_rows(job.model, job.inputs["train"], job.inputs["val"], target=job.target("cityscapes"),
                      probes=job.probes, removed_dims=job.config["variance"]["removed_dims"],
-                     resamples=settings["resamples"], seed=int(job.config.get("seed", 0)))
+                     resamples=int(job.config["card"].get("resamples", 1000)), seed=int(job.config.get("seed", 0)))
 
 
 STUDY = Study(
     name="card",
-    experiments={"card": Experiment(_card, _inputs)},
+    experiments={"card": Experiment(_card, _inputs, config_keys=(
+        "card.resamples", "variance.removed_dims", "probes", "seed", "device", "datasets.cityscapes"))},
     outputs={"cards": Output("table", jobs=card_jobs, title="Local-feature cards: comparison of every carded model")},
 )

@@ -145,9 +145,10 @@ _TASKS = {
     "robustness": _Task(_robustness, _robustness_files, "val_manifest", "cityscapes", lambda layout: "val",
                         (*_PROBES, "datasets.cityscapes")),
     "retrieval": _Task(_retrieval, _retrieval_files, "manifest", "fair1m", lambda layout: layout.split("fair1m"),
-                       ("retrieval.block_size", "probes.knn_metric", "device")),
+                       ("retrieval.block_size", "retrieval.exclude_own", "probes.knn_metric", "device")),
     "tracking": _Task(_tracking, _tracking_files, "manifest", "bdd100k", lambda layout: layout.split("bdd100k"),
-                      ("tracking.gaps", "tracking.roi_size", "probes.knn_metric", "device", "datasets.bdd100k",
+                      ("tracking.gaps", "tracking.roi_size", "tracking.roi_aligned", "probes.knn_metric", "device",
+                       "datasets.bdd100k",
                        "subsets.bdd100k.split")),
 }
 

@@ -39,7 +39,8 @@ def _retrieval(job):
 def _retrieval_keys(config, model):
     """The search settings; ``retrieval.removed_dims`` only for the models with a ``<model>-<m>`` row."""
     removed = ("retrieval.removed_dims",) if model in config["retrieval"]["removed_models"] else ()
-    return ("retrieval.removed_models", *removed, "retrieval.block_size", "probes.knn_metric", "device")
+    return ("retrieval.removed_models", *removed, "retrieval.block_size", "retrieval.exclude_own", "probes.knn_metric",
+            "device")
 
 
 def fig11_models(config):

@@ -135,7 +135,8 @@ STUDY = Study(
     name="scene",
     experiments={
         "scene_knn": Experiment(_scene_knn, _knn_inputs, config_keys=(
-            "scene.removed_dims", "scene.train_fraction", "scene.knn_k", "scene.knn_metric", "seed", "device")),
+            "scene.removed_dims", "scene.train_fraction", "scene.knn", "scene.knn_k", "scene.knn_temperature", "seed",
+            "device")),
         "reconstruction": Experiment(_reconstruction, _reconstruction_inputs, config_keys=RECONSTRUCTION_KEYS),
     },
     outputs={

@@ -16,8 +16,8 @@ TRACKING_MODELS = config_models("tracking_models")
 
 def _tracking_keys(dataset):
     """What ``TrackingSettings.from_config``, the root and the split of ``dataset`` read."""
-    return ("tracking.gaps", "tracking.roi_size", "probes.knn_metric", "device", f"datasets.{dataset}",
-            f"subsets.{dataset}.split")
+    return ("tracking.gaps", "tracking.roi_size", "tracking.roi_aligned", "probes.knn_metric", "device",
+            f"datasets.{dataset}", f"subsets.{dataset}.split")
 
 
 def _video_inputs(dataset, variants):
