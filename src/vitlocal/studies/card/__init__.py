@@ -56,6 +56,21 @@ def card_jobs(layout) -> list[tuple[str, str]]:
     return list(jobs)
 
 
+def card_paths(layout, model: str) -> dict[str, str]:
+    """The card files of ``model`` by suffix."""
+    return {s: f"{layout.results}/cards/{model}/card.{s}" for s in ("pdf", "png", "json", "csv")}
+
+
+def card_reads(layout, model: str) -> list[str]:
+    """The CSVs the card of ``model`` draws: every carded model's ``card`` CSV, the CSVs it reads, and the other
+    carded models' per-layer k-NN (drawn in grey)."""
+    models = card_models(layout)
+    jobs = [("card", m) for m in models] + read_jobs(layout, model)
+    for other in models:
+        jobs += [job for job in read_jobs(layout, other) if job[0] == "layerwise"]
+    return list(dict.fromkeys(layout.experiment_file(e, m) for e, m in jobs))
+
+
 def _inputs(layout, model):
     return {"train": layout.feature_file("cityscapes", layout.main_train_set, model),
             "val": layout.feature_file("cityscapes", "val", model),
