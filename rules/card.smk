@@ -11,7 +11,8 @@ rule card:
     input:
         lambda wildcards: card_reads(LAYOUT, wildcards.model),
     output:
-        **{s: (report(p, caption="../report/card.rst", category="Cards", labels={"model": "{model}"})
+        **{s: (report(p, caption="../report/card.rst", category="Cards",
+                      labels={"figure": "card_{model}", "model": "{model}"})
                if s == "png" else p) for s, p in card_paths(LAYOUT, "{model}").items()},
     params:
         model=lambda wildcards: wildcards.model,
@@ -43,7 +44,7 @@ if CARD_MODELS:
             reads=[experiment_file(e, m) for e, m in card_jobs(LAYOUT)],
         output:
             csv=report(f"{RESULTS}/figures/cards/cards.csv", caption="../report/card.rst", category="Cards",
-                       labels={"model": "all"}),
+                       labels={"figure": "cards", "model": "all"}),
             tex=f"{RESULTS}/figures/cards/cards.tex",
             md=f"{RESULTS}/figures/cards/cards.md",
         params:

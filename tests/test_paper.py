@@ -77,6 +77,8 @@ def test_real_preset_has_empty_banner_and_escaped_name(tmp_path):
     assert "DEMO" not in text
     assert latex_escape(r"a&b%c$d#e_f{g}~h^i\j") == (
         r"a\&b\%c\$d\#e\_f\{g\}\textasciitilde{}h\textasciicircum{}i\textbackslash{}j")
+    # Table 5's "tracking Δ=1" column: pdflatex stops on a Unicode character it has no glyph for
+    assert latex_escape("Δ=1, 10° × 0.8, R²") == r"$\Delta$=1, 10$^\circ$ $\times$ 0.8, R$^2$"
 
 
 def test_stage_without_results_and_with_bad_arguments(tmp_path):

@@ -18,7 +18,10 @@ import pandas as pd
 from .base import DEFAULT_DEMO_SUBJECT, write_csv, write_text
 
 _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                   # what our captions and column names write beyond T1's glyphs (pdflatex stops on the rest)
+                   "Δ": r"$\Delta$", "×": r"$\times$", "°": r"$^\circ$", "²": r"$^2$", "±": r"$\pm$",
+                   "≤": r"$\leq$", "≥": r"$\geq$"}
 
 MISSING_CELL = "--"
 
