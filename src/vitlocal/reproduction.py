@@ -91,6 +91,13 @@ STUDY_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "features and on the stage-2 denoiser's output for the same patches (level `raw` / `dvt`, or "
             "`raw:<level>` / `dvt:<level>`); the paper has no numbers for them, so they are listed, not "
             "compared. `table_dvt` sums them up with the difference.",
+            "Known differences from the DVT authors' code: stage 1 fits this study's 224-px tiles of the "
+            "configured training subsets (`dvt.stage1_subsets`, `dvt.stage1_tiles` per dataset), not their "
+            "10,000 VOC images at 518/512 px; the field's grids are stored densely and end at the tile's pixel "
+            "size (`dvt.stage1.max_resolution: auto`), not hashed up to 1024 cells; Adam's weight decay is "
+            "their effective 1e-5 / 1024 (their GradScaler'd gradients are never unscaled) and the field MLP "
+            "theirs (128 -> C/2 -> C). A released denoiser of theirs (`dvt.checkpoints`) was trained at "
+            "518/512 px and is applied here at 224 px: its rows say `dvt_source: released@518` (or @512).",
         ),
     ),
     "Section 6 — object tracking on BDD100K and MOT17 (Figs. 8, 9, 12, Table 5)": (
