@@ -27,6 +27,9 @@ from vitlocal.studies.base import ConfigView, config_slice
 DEMO = load_config("config/demo.yaml")
 STUDY = DEMO["study_models"]
 DVT = DEMO["dvt"]["models"]
+REMOVED = [m for m in DEMO["retrieval"].get("removed_models", load_config("config.yaml")["retrieval"]["removed_models"])
+           if m in DEMO["retrieval_models"]]  # the demo extends config.yaml
+assert REMOVED, "the demo must keep a retrieval model with a <model>-<m> row"
 CARD = DEMO["card"]["models"]  # each card model's own k-NN / top-m probes, and the layerwise k-NN it reads
 
 
@@ -103,8 +106,8 @@ CASES = {
     # Fig 4b/4c and the cards' top-m rows: not Fig 4a's spectrum, Table 6's R², the top-dims overlap, or any other study.
     "variance.removed_dims": ({"variance": {"removed_dims": [0, 5]}},
                               {*runs("variance_removal", STUDY), *runs("card", CARD)}),
-    # only the models with a <model>-<m> row (retrieval.removed_models: mae, scalemae); not DVT's retrieval.
-    "retrieval.removed_dims": ({"retrieval": {"removed_dims": 8}}, runs("fair1m_retrieval", ["mae", "scalemae"])),
+    # only the retrieval models with a <model>-<m> row (retrieval.removed_models); not DVT's retrieval.
+    "retrieval.removed_dims": ({"retrieval": {"removed_dims": 8}}, runs("fair1m_retrieval", REMOVED)),
     # Fig 11's writer only.
     "retrieval.fig11_models": ({"retrieval": {"fig11_models": ["dino"]}}, {("fig11",)}),
     # every tracking experiment (Figs 8, 9, Table 5's tracking, DVT's tracking); not Table 5's Cityscapes mIoU.
