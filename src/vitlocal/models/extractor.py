@@ -20,7 +20,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from vitlocal.errors import ConfigError, CorruptFileError
-from vitlocal.models.registry import ModelSpec, grid_size, register_custom_archs
+from vitlocal.models.registry import ModelSpec, block_indices, grid_size, register_custom_archs
 from vitlocal.models.weights import ensure_weights
 
 PatchFeatures = dict[int, torch.Tensor]
@@ -182,12 +182,7 @@ class FeatureExtractor(nn.Module):
 
     def check_layers(self, layers: Iterable[int]) -> list[int]:
         """Sorted unique 1-based block indices; raises on anything outside 1..depth."""
-        out = sorted({int(layer) for layer in layers})
-        if not out or out[0] < 1 or out[-1] > self.depth:
-            raise ConfigError(
-                f"model {self.spec.key!r}: layers must be block indices in 1..{self.depth}, got {list(layers)!r}"
-            )
-        return out
+        return block_indices(self.spec, self.depth, layers)
 
     def check_input(self, x: torch.Tensor) -> tuple[int, int]:
         """Patch grid of ``x``; raises if the model cannot take this size."""

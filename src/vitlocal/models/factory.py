@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from vitlocal.errors import ConfigError
-from vitlocal.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, grid_size
+from vitlocal.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, block_indices, grid_size
 
 INTERMEDIATES, CONTRACT = "forward_intermediates", "get_intermediate_layers"
 CONTRACT_TEXT = (
@@ -176,12 +176,7 @@ class FactoryExtractor(nn.Module):
 
     def check_layers(self, layers: Iterable[int]) -> list[int]:
         """Sorted unique 1-based block indices; raises on anything outside 1..depth."""
-        out = sorted({int(layer) for layer in layers})
-        if not out or out[0] < 1 or out[-1] > self.depth:
-            raise ConfigError(
-                f"model {self.spec.key!r}: layers must be block indices in 1..{self.depth}, got {list(layers)!r}"
-            )
-        return out
+        return block_indices(self.spec, self.depth, layers)
 
     def check_input(self, x: torch.Tensor) -> tuple[int, int]:
         """Patch grid of ``x``; the native size only unless the model interpolates its position embedding."""

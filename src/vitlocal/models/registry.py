@@ -140,6 +140,14 @@ def _triple(key: str, name: str, value: Any) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def block_indices(spec: ModelSpec, depth: int, layers) -> list[int]:
+    """Sorted unique 1-based block indices of ``layers``; raises on anything outside 1..depth."""
+    out = sorted({int(layer) for layer in layers})
+    if not out or out[0] < 1 or out[-1] > depth:
+        raise ConfigError(f"model {spec.key!r}: layers must be block indices in 1..{depth}, got {list(layers)!r}")
+    return out
+
+
 def grid_size(spec: ModelSpec, input_hw: tuple[int, int]) -> tuple[int, int]:
     """Patch grid ``(gh, gw)`` for an input of ``input_hw`` pixels.
 
