@@ -4,7 +4,9 @@
 - a job whose resources asked for GPUs ran on partition `gpu` with that many
   `gres/gpu`, every other job on `cpu` without one (by the job's resources,
   not by rule name, so new rules are checked too);
-- at least two GPU jobs ran at the same time (the node has two GPUs);
+- at least two GPU jobs ran at the same time (the node has two GPUs), and
+  two jobs of each `--concurrent RULE` (DVT's stage-1 shards: a cluster
+  spreads one model's stage 1);
 - every output of the SLURM run equals the local run's (feature tables by
   content, CSV / TeX / PNG by bytes; PDFs carry their creation date).
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-COMPARED = (".csv", ".tex", ".png", ".parquet")
+COMPARED = (".csv", ".tex", ".png", ".parquet", ".npz")
 GPU_PARTITION, CPU_PARTITION = "gpu", "cpu"
 
 
@@ -103,6 +105,8 @@ def main() -> int:
     parser.add_argument("--log", type=Path, required=True, help="output of the snakemake run on SLURM")
     parser.add_argument("--results", type=Path, required=True, help="results/demo of the SLURM run")
     parser.add_argument("--expected", type=Path, required=True, help="results/demo of a local run")
+    parser.add_argument("--concurrent", action="append", default=[], metavar="RULE",
+                        help="a rule of which at least two jobs must have run at the same time")
     args = parser.parse_args()
 
     jobs = submitted_jobs(args.log.read_text())
@@ -115,6 +119,13 @@ def main() -> int:
                                   for i in gpu_jobs if i in records])
     if concurrent < 2:
         errors.append(f"GPU jobs never overlapped (at most {concurrent} at once on a node with two GPUs)")
+    for rule in args.concurrent:
+        ids = [i for i, job in jobs.items() if job["rule"] == rule and i in records]
+        at_once = most_concurrent([(datetime.fromisoformat(records[i]["Start"]), datetime.fromisoformat(records[i]["End"]))
+                                   for i in ids])
+        print(f"{rule}: {len(ids)} jobs, at most {at_once} at once")
+        if at_once < 2:
+            errors.append(f"{rule}: {len(ids)} jobs, never two at once")
     compared, differences = output_differences(args.results, args.expected)
     if not compared:
         errors.append(f"no outputs found under {args.results}")

@@ -44,7 +44,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "src"))
 
 from vitlocal.denoise import stage1  # noqa: E402
-from vitlocal.denoise.shards import RUNTIME_MARGIN, STARTUP_SECONDS, split_stage1_config  # noqa: E402
+from vitlocal.denoise.settings import RUNTIME_MARGIN, STARTUP_SECONDS, split_stage1_config  # noqa: E402
 from vitlocal.models.extractor import build_extractor  # noqa: E402
 from vitlocal.models.registry import resolve  # noqa: E402
 

@@ -127,10 +127,10 @@ def is_layerwise_file(dataset, subset, variant):
     return dataset == "cityscapes" and subset in (LAYOUT.main_train_set, "val") and variant == "clean"
 
 
-def layers_for(wildcards):
-    """Blocks stored in a feature file; jobs without a variant wildcard make degraded variants."""
-    depth = MODEL_SPECS[wildcards.model].depth
-    if is_layerwise_file(wildcards.dataset, wildcards.subset, wildcards.get("variant")):
+def layers_for(dataset, subset, model, variant):
+    """Blocks stored in a feature file: every configured one for Fig 2's files, else the last block."""
+    depth = MODEL_SPECS[model].depth
+    if is_layerwise_file(dataset, subset, variant):
         return sorted({layer for layer in config["extraction"]["layers"] if layer <= depth} | {depth})
     return [depth]
 
@@ -145,40 +145,32 @@ def feature_files():
     return list(files)
 
 
-def get_extract_input(wildcards):
-    return {
-        "manifest": f"{RESULTS}/subsets/{wildcards.dataset}/{wildcards.subset}.csv",
-        **get_dataset_input(wildcards),
-        **get_weights_input(wildcards),
-    }
-
-
 #: The datasets whose frames are resized to ``tracking.frame_size`` (``features.sources.TRACKING``).
 VIDEO_DATASETS = ("bdd100k", "mot17")
 
 
-# Parameters shared by the extraction rules (all wildcards-driven or global).
-EXTRACT_PARAMS = dict(
-    dataset=lambda wildcards: wildcards.dataset,
-    root=lambda wildcards: dataset_root(wildcards.dataset),
-    data_source=lambda wildcards: config["datasets"][wildcards.dataset]["source"],
-    model_key=lambda wildcards: wildcards.model,
-    model_overrides=lambda wildcards: model_overrides(wildcards.model),
-    layers=layers_for,
-    preset=PRESET,
-    weights_dir=WEIGHTS_DIR,
-    device=config["device"],
-    batch_size=config["extraction"]["batch_size"],
-    num_workers=config["extraction"]["num_workers"],
-    dtype=config["extraction"]["dtype"],
-    autocast=config["extraction"]["autocast"],
-    patch_labels=config["patch_labels"],
-    seed=config["seed"],
-    bands=config["degradations"]["frequency_bands"],
-    freq_sigma=config["degradations"]["frequency_noise_sigma"],
-    # Only video frames are resized to it: other datasets do not read it, so it does not rerun them.
-    frame_size=lambda wildcards: config["tracking"]["frame_size"] if wildcards.dataset in VIDEO_DATASETS else None,
-)
+def extract_params(dataset, model):
+    """The extraction settings of one (dataset, model) job: exactly what changes its files."""
+    return dict(
+        dataset=dataset,
+        root=dataset_root(dataset),
+        data_source=config["datasets"][dataset]["source"],
+        model_key=model,
+        model_overrides=model_overrides(model),
+        preset=PRESET,
+        weights_dir=WEIGHTS_DIR,
+        device=config["device"],
+        batch_size=config["extraction"]["batch_size"],
+        num_workers=config["extraction"]["num_workers"],
+        dtype=config["extraction"]["dtype"],
+        autocast=config["extraction"]["autocast"],
+        patch_labels=config["patch_labels"],
+        seed=config["seed"],
+        bands=config["degradations"]["frequency_bands"],
+        freq_sigma=config["degradations"]["frequency_noise_sigma"],
+        # Only video frames are resized to it: other datasets do not read it, so it does not rerun them.
+        frame_size=config["tracking"]["frame_size"] if dataset in VIDEO_DATASETS else None,
+    )
 
 
 # --- experiments ------------------------------------------------------------
@@ -207,26 +199,21 @@ def flatten(inputs):
     return files
 
 
-def experiment_inputs(wildcards):
-    return EXPERIMENTS[wildcards.experiment].inputs(LAYOUT, wildcards.model)
-
-
-def flat_inputs(wildcards):
-    """Every file of ``experiment_inputs`` (Snakemake tracks files, not roles)."""
-    return flatten(experiment_inputs(wildcards))
+def experiment_inputs(experiment, model):
+    """The files one experiment reads, by role (``Experiment.inputs``)."""
+    return EXPERIMENTS[experiment].inputs(LAYOUT, model)
 
 
 # A job's params hold exactly the config keys it declares, so Snakemake's params
 # trigger reruns it when one of them changes, and only then.
-def experiment_config(wildcards):
+def experiment_config(experiment, model):
     """The config keys the experiment declares (``Experiment.config_keys``), all it may read."""
-    return EXPERIMENTS[wildcards.experiment].config_of(config, wildcards.model)
+    return EXPERIMENTS[experiment].config_of(config, model)
 
 
-def experiment_settings(wildcards):
+def experiment_settings(experiment, model):
     """Roots, layers and variance settings of the declared keys (``Experiment.params``)."""
-    return EXPERIMENTS[wildcards.experiment].params(
-        config, wildcards.model, root_of=dataset_root, depth=MODEL_SPECS[wildcards.model].depth)
+    return EXPERIMENTS[experiment].params(config, model, root_of=dataset_root, depth=MODEL_SPECS[model].depth)
 
 
 def demo_subject():

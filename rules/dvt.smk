@@ -3,7 +3,7 @@
 # variant -> raw-vs-DVT probes (table_dvt) and the PCA figure (fig_dvt).
 # Stage 1 reads training subsets only (dvt.stage1_subsets); never a val set.
 
-from vitlocal.denoise.shards import shard_plan, split_stage1_config, stage1_shard_paths
+from vitlocal.denoise.settings import shard_plan, split_stage1_config, stage1_shard_paths
 from vitlocal.studies.dvt.wiring import (
     checkpoint_path,
     denoised_pairs,
@@ -25,7 +25,7 @@ DVT_SHARDS = shard_plan(DVT_SOURCES, split_stage1_config(DVT["stage1"])[1]) if D
 # Stage 1 as shards of at most dvt.stage1.tiles_per_job tiles (planned from the
 # config alone, so the DAG is known before any job): each a GPU job with a
 # runtime estimated from its tiles and dvt.stage1.seconds_per_tile, resumable
-# inside (denoise/shards.py); the gather reads them in shard order.
+# inside (denoise/settings.py, denoise/shards.py); the gather reads them in shard order.
 rule dvt_stage1_shard:
     input:
         unpack(lambda wildcards: {**DVT_STAGE1_INPUTS, **get_weights_input(wildcards)}),

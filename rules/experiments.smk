@@ -1,27 +1,46 @@
-# One job per (experiment, model): a tidy CSV of every number the experiment
-# produces. Which files it reads and what it computes: the study registry
+# The experiment CSVs: a tidy CSV of every number one experiment produces for
+# one model. Which files it reads and what it computes: the study registry
 # (src/vitlocal/studies/). Figures combine models.
+#
+# How they are cut into jobs is `experiment_jobs` (config.yaml): one job per
+# (experiment, model), or one per (study, model) running the study's
+# experiments one after another (studies.base.experiment_groups).
+
+from vitlocal.studies.base import experiment_groups
+
+EXPERIMENT_GROUPS = experiment_groups(experiment_jobs(), STUDY_OF, config["experiment_jobs"])
 
 
-rule run_experiment:
-    input:
-        flat_inputs,
-    output:
-        table=f"{RESULTS}/experiments/{{experiment}}/{{model}}.csv",
-    params:
-        inputs=experiment_inputs,
-        settings=experiment_settings,
-        config=experiment_config,
-    threads: config["extraction"]["threads"]
-    resources:
-        gpu=lambda wildcards: int(EXPERIMENTS[wildcards.experiment].gpu),
-        mem_mb=16000,
-        runtime=240,  # minutes (paper preset)
-    log:
-        f"{LOGS}/experiments/{{experiment}}/{{model}}.log",
-    benchmark:
-        f"{BENCHMARKS}/experiments/{{experiment}}/{{model}}.tsv"
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../scripts/run_experiment.py"
+def group_params(group, what):
+    """``{experiment: what(experiment, model)}`` over a group's experiments."""
+    return {name: what(name, group.model) for name in group.experiments}
+
+
+for _group in EXPERIMENT_GROUPS:
+
+    rule:
+        name:
+            f"experiments_{_group.name}_{_group.model}"
+        input:
+            [path for name in _group.experiments for path in flatten(experiment_inputs(name, _group.model))],
+        output:
+            tables=[experiment_file(name, _group.model) for name in _group.experiments],
+        params:
+            model=_group.model,
+            experiments=list(_group.experiments),
+            inputs=group_params(_group, experiment_inputs),
+            settings=group_params(_group, experiment_settings),
+            config=group_params(_group, experiment_config),
+        threads: config["extraction"]["threads"]
+        resources:
+            gpu=int(any(EXPERIMENTS[name].gpu for name in _group.experiments)),
+            mem_mb=16000,
+            runtime=240,  # minutes (paper preset)
+        log:
+            f"{LOGS}/experiments/{_group.name}/{_group.model}.log",
+        benchmark:
+            f"{BENCHMARKS}/experiments/{_group.name}/{_group.model}.tsv"
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/run_experiment.py"

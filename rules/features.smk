@@ -1,79 +1,60 @@
 # One Parquet file per (dataset, subset, model, variant): every probe,
 # figure and table reads these, so the ViT runs once per image and variant.
-# Degraded and transformed variants of one split are made by one job each:
-# the model is built once and no job is paid per variant.
+# One job per (dataset, model) makes its clean and whole-image files of every
+# subset; one more its degraded, one its transformed variants (the plan and why:
+# src/vitlocal/features/plan.py). The jobs are planned from the files the
+# experiments, DVT and Fig 13 read, so no job makes a file nobody reads.
+
+from vitlocal.features.plan import extraction_jobs
+from vitlocal.studies.dvt.wiring import denoised_pairs
 
 
-rule extract_features:
-    input:
-        unpack(get_extract_input),
-    output:
-        # CLS tokens go to the sibling <variant>.cls.parquet when the model has one.
-        features=f"{RESULTS}/features/{{dataset}}/{{subset}}/{{model}}/{{variant}}.parquet",
-    wildcard_constraints:
-        variant="clean|full",
-    params:
-        **EXTRACT_PARAMS,
-        variants=lambda wildcards: [wildcards.variant],
-    threads: config["extraction"]["threads"]
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=240,  # minutes, on one GPU (paper preset)
-    log:
-        f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/{{variant}}.log",
-    benchmark:
-        f"{BENCHMARKS}/features/{{dataset}}/{{subset}}/{{model}}/{{variant}}.tsv"
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../scripts/extract_features.py"
+def extraction_demand():
+    """Every feature file read: the experiments' (feature_files), the raw files DVT denoises, Fig 13's."""
+    paths = list(feature_files())
+    for model in config["dvt"]["models"]:
+        for method in ("dvt", "dvt1"):
+            paths += [raw for raw, _ in denoised_pairs(dvt_inputs(model), method)]
+    if "fig13" in FIGURES:
+        paths += [feature_file("cityscapes", s, m) for s in (MAIN_TRAIN, "val") for m in config["study_models"]]
+    return paths
 
 
-rule extract_degraded_features:
-    input:
-        unpack(get_extract_input),
-    output:
-        features=[feature_file("{dataset}", "{subset}", "{model}", v) for v in degradation_variants()],
-    params:
-        **EXTRACT_PARAMS,
-        variants=degradation_variants(),
-    threads: config["extraction"]["threads"]
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=240,  # minutes, on one GPU (paper preset)
-    log:
-        f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/degraded.log",
-    benchmark:
-        f"{BENCHMARKS}/features/{{dataset}}/{{subset}}/{{model}}/degraded.tsv"
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../scripts/extract_features.py"
+EXTRACTION_JOBS = extraction_jobs(
+    extraction_demand(), RESULTS, DATASETS, degradation_variants(), transform_variants())
 
 
-rule extract_transformed_features:
-    input:
-        unpack(get_extract_input),
-    output:
-        features=[feature_file("{dataset}", "{subset}", "{model}", v) for v in transform_variants()],
-    params:
-        **EXTRACT_PARAMS,
-        variants=transform_variants(),
-    threads: config["extraction"]["threads"]
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=240,  # minutes, on one GPU (paper preset)
-    log:
-        f"{LOGS}/features/{{dataset}}/{{subset}}/{{model}}/transformed.log",
-    benchmark:
-        f"{BENCHMARKS}/features/{{dataset}}/{{subset}}/{{model}}/transformed.tsv"
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../scripts/extract_features.py"
+for _job in EXTRACTION_JOBS:
+
+    rule:
+        name:
+            _job.name
+        input:
+            manifests=[LAYOUT.manifest(_job.dataset, s) for s in _job.subsets],
+            **dataset_input(_job.dataset),
+            **({"weights": weights_file(_job.model)} if weights_file(_job.model) else {}),
+        output:
+            # CLS tokens go to the sibling <variant>.cls.parquet when the model has one.
+            features=[f.path for f in _job.files],
+        params:
+            # One entry per output file, in order: its subset, variant and stored blocks.
+            files=[{"subset": f.subset, "variant": f.variant, "layers": layers_for(_job.dataset, f.subset, _job.model, f.variant)}
+                   for f in _job.files],
+            manifests={s: LAYOUT.manifest(_job.dataset, s) for s in _job.subsets},
+            **extract_params(_job.dataset, _job.model),
+        threads: config["extraction"]["threads"]
+        resources:
+            gpu=1,
+            mem_mb=16000,
+            runtime=240,  # minutes, on one GPU (paper preset)
+        log:
+            f"{LOGS}/features/{_job.dataset}/{_job.name}.log",
+        benchmark:
+            f"{BENCHMARKS}/features/{_job.dataset}/{_job.name}.tsv"
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/extract_features.py"
 
 
 rule features:

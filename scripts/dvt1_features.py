@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 import torch
 
 from vitlocal.denoise.pipeline import stage1_feature_file
-from vitlocal.denoise.shards import split_stage1_config
+from vitlocal.denoise.settings import split_stage1_config
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)

@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 import torch
 
-from vitlocal.denoise.shards import run_stage1_shard, split_stage1_config
+from vitlocal.denoise.settings import split_stage1_config
+from vitlocal.denoise.shards import run_stage1_shard
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)

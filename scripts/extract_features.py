@@ -1,4 +1,4 @@
-"""Snakemake entry point: the feature files of one (dataset, subset, model), one per variant (rules/features.smk)."""
+"""Snakemake entry point: the feature files of one (dataset, model) extraction job (rules/features.smk)."""
 
 import sys
 from pathlib import Path
@@ -8,22 +8,19 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 import torch
 
-from vitlocal.features.pipeline import extract_feature_files
+from vitlocal.features.pipeline import extract_planned_files
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]):  # noqa: F821 (injected by Snakemake); the pipeline logs progress
     sm = snakemake  # noqa: F821
     torch.set_num_threads(sm.threads)
-    extract_feature_files(
+    extract_planned_files(
+        files=[{**entry, "path": path} for entry, path in zip(sm.params.files, sm.output.features)],
+        manifests=sm.params.manifests,
         dataset=sm.params.dataset,
         root=sm.params.root,
-        manifest=sm.input.manifest,
-        subset=sm.wildcards.subset,
         model_key=sm.params.model_key,
         model_overrides=sm.params.model_overrides,
-        variants=sm.params.variants,
-        out_paths=list(sm.output),  # one file per variant, in the order of params.variants
-        layers=sm.params.layers,
         preset=sm.params.preset,
         weights_dir=sm.params.weights_dir,
         device=sm.params.device,

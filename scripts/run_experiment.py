@@ -1,4 +1,5 @@
-"""Snakemake entry point: one experiment for one model -> tidy CSV (rules/experiments.smk)."""
+"""Snakemake entry point: one experiment job (one experiment, or a study's) for one model -> tidy CSVs
+(rules/experiments.smk)."""
 
 import sys
 from pathlib import Path
@@ -17,9 +18,11 @@ from vitlocal.workflow import rule_logging
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
     sm = snakemake  # noqa: F821
     torch.set_num_threads(sm.threads)
-    name, model = sm.wildcards.experiment, sm.wildcards.model
-    # Only the declared keys (the rule's params): an undeclared read fails instead of missing a rerun.
-    config = ConfigView(sm.params.config, experiment(name).keys(sm.config, model), model, owner=f"experiment {name}")
-    rows = run_experiment(name, model, sm.params.inputs, sm.params.settings, config)
-    write_csv(rows, sm.output.table)
-    log.info("%s/%s: %d rows -> %s", sm.wildcards.experiment, sm.wildcards.model, len(rows), sm.output.table)
+    model = sm.params.model
+    for name, table in zip(sm.params.experiments, sm.output.tables):
+        # Only the declared keys (the rule's params): an undeclared read fails instead of missing a rerun.
+        config = ConfigView(sm.params.config[name], experiment(name).keys(sm.config, model), model,
+                            owner=f"experiment {name}")
+        rows = run_experiment(name, model, sm.params.inputs[name], sm.params.settings[name], config)
+        write_csv(rows, table)
+        log.info("%s/%s: %d rows -> %s", name, model, len(rows), table)

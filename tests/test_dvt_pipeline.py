@@ -18,14 +18,8 @@ import torch
 import yaml
 
 from vitlocal.denoise import shards
-from vitlocal.denoise.shards import (
-    ShardSettings,
-    last_layer_encoder,
-    run_stage1_shard,
-    shard_plan,
-    split_stage1_config,
-    stage1_shard_paths,
-)
+from vitlocal.denoise.settings import ShardSettings, shard_plan, split_stage1_config, stage1_shard_paths
+from vitlocal.denoise.shards import last_layer_encoder, run_stage1_shard
 from vitlocal.denoise.stage1_files import gather_stage1, read_npz, write_npz
 from vitlocal.denoise.stage1 import Stage1Settings, denoise_image
 from vitlocal.errors import ConfigError
@@ -255,7 +249,7 @@ KILLED_CHILD = """
 import dataclasses, json, sys, time
 import torch
 from vitlocal.denoise import shards
-from vitlocal.denoise.stage1 import Stage1Settings
+from vitlocal.denoise.settings import ShardSettings, Stage1Settings
 args = json.loads(sys.argv[1])
 torch.set_num_threads(1)
 real, calls = shards.fit_tiles, []
@@ -266,7 +260,7 @@ def fit(tiles, *a, **k):
         time.sleep(600)  # killed here, with -9
     return [dataclasses.replace(r, seconds_views=1.0, seconds_fit=2.0) for r in real(tiles, *a, **k)]
 shards.fit_tiles = fit
-shards.run_stage1_shard(settings=Stage1Settings(**args.pop("settings")), shard=shards.ShardSettings(5, 2), **args)
+shards.run_stage1_shard(settings=Stage1Settings(**args.pop("settings")), shard=ShardSettings(5, 2), **args)
 """
 
 

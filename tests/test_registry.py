@@ -6,7 +6,8 @@ import pytest
 from timm.models import get_pretrained_cfg
 
 from vitlocal.errors import ConfigError
-from vitlocal.models.registry import MODELS, STRUCTURAL, ModelSpec, demo_variant, describe_arch, grid_size, resolve
+from vitlocal.models.registry import (MODELS, STRUCTURAL, ModelSpec, demo_variant, derived_facts, describe_arch,
+                                     grid_size, resolve)
 
 PAPER_KEYS = {"supervised", "dino", "dinov2", "mae", "simmim", "ibot", "scalemae", "mae_decoder"}
 DVT_KEYS = {"dinov2_reg4", "deit3", "clip", "eva02"}
@@ -21,6 +22,34 @@ def test_builtin_facts_match_the_architecture(key):
     spec = MODELS[key]
     facts = describe_arch(spec.arch, spec.model_kwargs)
     assert {name: getattr(spec, name) for name in STRUCTURAL} == facts
+
+
+#: img_size in patches (the demo's 3x3 grid; 4x4), width, depth, and keys that change no fact.
+RESIZES = [{"img_size": 3, "embed_dim": 48, "depth": 12, "num_heads": 3}, {"img_size": 4, "depth": 2},
+           {"embed_dim": 96, "num_heads": 4, "mlp_ratio": 2.0}]
+
+
+@pytest.mark.parametrize("key", sorted(MODELS))
+@pytest.mark.parametrize("resize", RESIZES, ids=["demo", "shallow", "wide"])
+def test_resized_builtin_facts_without_a_build_match_the_built_model(key, resize):
+    """The Snakefile's shortcut (derived_facts) gives what timm's built model says, or declines."""
+    spec = MODELS[key]
+    if "img_size" in resize:
+        resize = {**resize, "img_size": resize["img_size"] * spec.patch_size}
+    derived = derived_facts(spec, resize)
+    assert derived is not None
+    assert derived == describe_arch(spec.arch, {**spec.model_kwargs, **resize})
+    assert resolve(key, {"model_kwargs": resize}).depth == derived["depth"]
+
+
+def test_facts_shortcut_declines_what_it_cannot_know():
+    dino = MODELS["dino"]
+    assert derived_facts(dino, {"patch_size": 8}) is None      # changes the grid
+    assert derived_facts(dino, {"reg_tokens": 4}) is None      # changes the prefix tokens
+    assert derived_facts(dino, {"img_size": None}) is None     # back to the arch's default
+    assert derived_facts(dino, {"img_size": (48, 64)}) is None
+    assert derived_facts(None, {"depth": 2}) is None           # no built-in to start from
+    assert resolve("dino", {"model_kwargs": {"reg_tokens": 4}}).num_prefix_tokens == 5  # built and read instead
 
 
 @pytest.mark.parametrize("key", sorted(k for k, s in MODELS.items() if s.weights == "timm"))

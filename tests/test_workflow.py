@@ -48,8 +48,15 @@ def test_paper_dry_run_lists_every_subset_without_data(tmp_path):
     # checkpoints are shared resources; everything else is namespaced by the preset
     assert all(path.startswith("resources/weights/") for path in jobs.pop("download_weights"))
     assert all(path.startswith("results/paper/") for outs in jobs.values() for path in outs)
-    assert "results/paper/features/cityscapes/val/mae/blur-8.parquet" in jobs["extract_degraded_features"]
-    assert "results/paper/features/fair1m/train/dino/rotate-20.parquet" in jobs["extract_transformed_features"]
+    assert "results/paper/features/cityscapes/val/mae/blur-8.parquet" in jobs["extract_cityscapes_mae_degraded"]
+    assert "results/paper/features/fair1m/train/dino/rotate-20.parquet" in jobs["extract_fair1m_dino_transformed"]
+    # One job makes a model's clean and whole-image files of every subset of a dataset.
+    assert {f"results/paper/features/cityscapes/{s}/dino/clean.parquet" for s in ("set2", "set4", "set8", "val")} <= set(
+        jobs["extract_cityscapes_dino"])
+    # The paper preset: one experiment job per (experiment, model), each writing its one CSV.
+    experiment_jobs = {rule: outs for rule, outs in jobs.items() if rule.startswith("experiments_")}
+    assert experiment_jobs["experiments_layerwise_dino"] == ["results/paper/experiments/layerwise/dino.csv"]
+    assert all(len(outs) == 1 for outs in experiment_jobs.values())
 
 
 def test_demo_dry_run_generates_its_data(tmp_path):
@@ -59,6 +66,9 @@ def test_demo_dry_run_generates_its_data(tmp_path):
     )
     assert all(path.startswith("results/demo/") for outs in jobs.values() for path in outs)
     assert "download_weights" not in jobs  # random weights need no checkpoint
+    # The demo: one experiment job per (study, model), all of the study's CSVs for that model.
+    assert sorted(jobs["experiments_probing_dino"]) == sorted(
+        f"results/demo/experiments/{e}/dino.csv" for e in ("layerwise", "train_size", "degradation", "ade20k"))
 
 
 def test_bad_key_stops_before_any_job(tmp_path):

@@ -19,11 +19,9 @@ the first unfinished group and writes the same bytes as an uninterrupted run
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import zipfile
@@ -40,72 +38,17 @@ from ..features.pipeline import load_manifest, resolve_device
 from ..features.sources import base_tiling, make_source
 from ..models.extractor import build_extractor
 from ..models.registry import resolve
-from .stage1 import Stage1Result, Stage1Settings, denoise_images
+from .settings import ShardSettings, Stage1Settings, planned_tiles, settings_record, shard_plan
+from .stage1 import Stage1Result, denoise_images
 from .stage1_files import stack_tiles, write_npz
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
-#: Runtime estimate of a shard job: (start-up + tiles x seconds per tile) x margin, in minutes. Start-up
-#: (imports, manifests, the ViT) measured ~40 s a demo shard job on 2 cores at load 12; rounded up.
-STARTUP_SECONDS = 60
-RUNTIME_MARGIN = 1.5
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardSettings:
-    """How stage 1 is cut into jobs (keys of ``dvt.stage1`` that do not change a tile's result)."""
-
-    tiles_per_job: int = 100  #: tiles per shard job
-    tiles_per_step: int = 1  #: tiles fitted together per :func:`fit_tiles` call
-    seconds_per_tile: float = 30.0  #: measured device seconds per tile (bench/dvt.py): the runtime estimate
-
-
-def split_stage1_config(section: Mapping[str, Any]) -> tuple[Stage1Settings, ShardSettings]:
-    """``dvt.stage1`` -> the fit's settings and the sharding's (keys the fit does not know go to the shards)."""
-    fit_keys = {f.name for f in dataclasses.fields(Stage1Settings)}
-    shard_keys = {f.name for f in dataclasses.fields(ShardSettings)}
-    shard = ShardSettings(**{k: v for k, v in section.items() if k in shard_keys})
-    if shard.tiles_per_job < 1 or shard.tiles_per_step < 1 or not shard.seconds_per_tile > 0:
-        raise ConfigError(f"dvt.stage1: tiles_per_job and tiles_per_step must be >= 1 and seconds_per_tile > 0, "
-                          f"got {shard}")
-    fit = Stage1Settings.from_config({k: v for k, v in section.items() if k in fit_keys or k not in shard_keys})
-    return fit, shard
-
-
-def settings_record(settings: Any) -> dict[str, Any]:
-    """A settings dataclass as plain JSON values (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
-
-
 def last_layer_encoder(spec: Any, weights_dir: PathLike, device: torch.device) -> Callable:
     """``x -> last block's patch tokens`` (final norm applied): what DVT denoises."""
     extractor = build_extractor(spec, weights_dir, device)
     depth = spec.depth
     return lambda x: extractor.forward_layers(x, [depth])[0][depth]
-
-
-def planned_tiles(sources: Sequence[Mapping[str, Any]]) -> int:
-    """Tiles stage 1 will fit at most: ``max_tiles`` summed over the sources (known before any job)."""
-    if any(s.get("max_tiles") is None for s in sources):
-        raise ConfigError("dvt.stage1_tiles: null (every tile) leaves the number of stage-1 shards unknown until "
-                          "the manifests exist; give a number of tiles per dataset")
-    return sum(int(s["max_tiles"]) for s in sources)
-
-
-def shard_plan(sources: Sequence[Mapping[str, Any]], shard: ShardSettings) -> list[dict[str, int]]:
-    """``{index, tiles, runtime}`` per shard job (runtime in minutes, see ``RUNTIME_MARGIN``)."""
-    total = planned_tiles(sources)
-    plan = []
-    for index in range(math.ceil(total / shard.tiles_per_job)):
-        tiles = min(shard.tiles_per_job, total - index * shard.tiles_per_job)
-        minutes = (STARTUP_SECONDS + tiles * shard.seconds_per_tile) * RUNTIME_MARGIN / 60
-        plan.append({"index": index, "tiles": tiles, "runtime": max(1, math.ceil(minutes))})
-    return plan
-
-
-def stage1_shard_paths(results: str, model: str, plan: Sequence[Mapping[str, int]]) -> list[str]:
-    """The shard files of ``model``'s stage 1, in shard order (what the gather reads)."""
-    return [f"{results}/dvt/stage1/{model}/shard-{s['index']:04d}.npz" for s in plan]
 
 
 def select_tiles(n_images: int, n_tiles: int, limit: int | None, seed: int) -> list[tuple[int, int]]:

@@ -33,84 +33,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from ..errors import ConfigError
 from ..tiling import preprocess_tiles
 from .geometry import Box, full_box, image_coords, input_coords, random_resized_box
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage1Settings:
-    """Hyper-parameters of one per-image fit (config ``dvt.stage1``; defaults = the paper's but ``max_resolution``).
-
-    ``weight_decay``: the authors pass 1e-5 to Adam, but their loop
-    backpropagates ``grad_scaler.scale(loss)`` (a 2^10 GradScaler) and calls
-    ``optimizer.step()`` without unscaling. Adam's update is invariant to the
-    gradient's scale, its L2 term ``wd * theta`` is not: relative to the
-    gradient it is 1024x weaker, so the decay in effect is 1e-5 / 1024. We
-    use that effective value on unscaled gradients.
-
-    ``max_resolution``: the finest grid (cells per side), or ``"auto"``: the
-    tile's longer side in pixels (one cell per pixel, the finest detail any
-    view can show; 224 or 256 for this study's tiles instead of 1024). The
-    ``levels`` resolutions are spaced geometrically from ``base_resolution``
-    to it, as instant-NGP's per-level scale.
-
-    ``tiles_per_step``: tiles fitted together by :func:`denoise_images`
-    (stacked parameters; no effect on any tile's result).
-    """
-
-    views: int = 768
-    steps: int = 20000
-    tokens_per_step: int = 2048
-    levels: int = 16
-    features_per_level: int = 8
-    base_resolution: int = 16
-    max_resolution: int | str = "auto"
-    lr: float = 0.01
-    min_lr_ratio: float = 0.1
-    warmup: float = 0.1
-    weight_decay: float = 1e-5 / 1024
-    freeze_g_after: float = 0.5
-    scale: tuple[float, float] = (0.1, 0.5)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    batch_size: int = 64
-    tiles_per_step: int = 1
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> Stage1Settings:
-        """From ``dvt.stage1`` (unknown keys are an error naming them)."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - fields)
-        if unknown:
-            raise ConfigError(f"dvt.stage1: unknown key(s) {unknown}; known: {sorted(fields)}")
-        values = dict(section)
-        for key in ("scale", "ratio"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
-        settings = cls(**values)
-        counts = ("views", "steps", "tokens_per_step", "levels", "features_per_level", "base_resolution",
-                  "batch_size", "tiles_per_step")
-        if any(not isinstance(getattr(settings, k), int) or getattr(settings, k) < 1 for k in counts):
-            raise ConfigError(f"dvt.stage1: {', '.join(counts)} must be integers >= 1, got {settings}")
-        top = settings.max_resolution
-        if top != "auto" and (not isinstance(top, int) or isinstance(top, bool) or top < 1):
-            raise ConfigError(f"dvt.stage1.max_resolution: an integer >= 1 or 'auto', got {top!r}")
-        return settings
-
-    def resolutions(self, image_hw: Sequence[int]) -> list[int]:
-        """Cells per side of each grid level for an image of ``image_hw`` pixels (see ``max_resolution``)."""
-        top = max(int(v) for v in image_hw) if self.max_resolution == "auto" else int(self.max_resolution)
-        top = max(top, self.base_resolution)
-        growth = math.exp((math.log(top) - math.log(self.base_resolution)) / max(1, self.levels - 1))
-        return [int(round(self.base_resolution * growth**level)) for level in range(self.levels)]
+from .settings import Stage1Settings
 
 
 def _tile_parameters(dim: int, grid: Sequence[int], resolutions: Sequence[int], features: int,

@@ -189,6 +189,7 @@ def extract_feature_files(
     frame_size: Sequence[int] | None = None,
     data_source: str = "official",
     progress: bool = True,
+    extractors: dict[bool, Any] | None = None,
 ) -> list[ExtractStats]:
     """Extract the patch tokens of ``layers`` for every manifest row, one Parquet file per variant.
 
@@ -201,7 +202,8 @@ def extract_feature_files(
     settings, ``frame_size`` the tracking frame ``(H, W)``. ``device="auto"``:
     CUDA if available, else CPU; ``autocast`` applies on CUDA only;
     ``num_workers`` is capped on the CPU (:func:`loader_workers`). Each file
-    appears only if its whole run succeeds.
+    appears only if its whole run succeeds. ``extractors``: a cache of built
+    models (by ``dynamic_img_size``) shared between calls on one model.
     """
     if data_source not in DATA_SOURCES:
         raise ConfigError(f"data_source {data_source!r}; expected one of {DATA_SOURCES}")
@@ -220,7 +222,8 @@ def extract_feature_files(
     workers = loader_workers(num_workers, torch_device)
     table = load_manifest(manifest)
     settings = DegradeSettings(tuple(tuple(band) for band in bands), freq_sigma)
-    extractors: dict[bool, Any] = {}  # by dynamic_img_size: "full" needs interpolated position embeddings
+    # By dynamic_img_size: "full" needs interpolated position embeddings.
+    extractors = {} if extractors is None else extractors
     all_stats = []
     for variant, out_path in zip(variants, out_paths):
         source = make_source(
@@ -271,3 +274,33 @@ def extract_feature_files(
         )
         all_stats.append(stats)
     return all_stats
+
+
+def extract_planned_files(
+    *,
+    files: Sequence[Mapping[str, Any]],
+    manifests: Mapping[str, str | os.PathLike],
+    **settings: Any,
+) -> list[ExtractStats]:
+    """One extraction job of the plan (``features.plan``): ``files`` = ``{subset, variant, layers, path}`` each.
+
+    The model is built once for the whole job; the files of one subset and one
+    set of layers are made by one :func:`extract_feature_files` call, each
+    subset's manifest (``manifests[subset]``) read once.
+    """
+    groups: dict[tuple[str, tuple[int, ...]], list[Mapping[str, Any]]] = {}
+    for entry in files:
+        groups.setdefault((entry["subset"], tuple(entry["layers"])), []).append(entry)
+    extractors: dict[bool, Any] = {}
+    stats = []
+    for (subset, layers), entries in groups.items():
+        stats += extract_feature_files(
+            subset=subset,
+            manifest=manifests[subset],
+            layers=list(layers),
+            variants=[entry["variant"] for entry in entries],
+            out_paths=[entry["path"] for entry in entries],
+            extractors=extractors,
+            **settings,
+        )
+    return stats

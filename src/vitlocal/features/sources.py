@@ -31,6 +31,7 @@ before any ``resize_to``: the resolution its labels are defined at.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -256,6 +257,16 @@ class SegmentationSource(TileSource):
         return ImageTiles(sample_id, tile_image(degraded, self.tiling), label, image.shape[:2], extra)
 
 
+@functools.lru_cache(maxsize=4096)
+def _fair1m_objects(xml_path: str) -> tuple[fair1m.FairObject, ...]:
+    """The boxes of one XML, parsed once per process: a job makes every variant of the same crops
+    (``transform_objects`` returns moved copies; the cached points are read-only)."""
+    objects = tuple(fair1m.read_objects(xml_path))
+    for obj in objects:
+        obj.points.setflags(write=False)
+    return objects
+
+
 class Fair1mSource(TileSource):
     """FAIR1M crops; geometric variants take pixels from the whole source image and move the boxes exactly."""
 
@@ -270,7 +281,7 @@ class Fair1mSource(TileSource):
         source, (x0, y0, size) = fair1m.read_crop(self.root, row)
         crop = source[y0 : y0 + size, x0 : x0 + size]
         image, affine = self.degrade(crop, sample_id, CropContext(source, x0, y0))
-        objects = transform_objects(fair1m.read_objects(Path(self.root, row["xml_path"])), affine, x0, y0)
+        objects = transform_objects(_fair1m_objects(str(Path(self.root, row["xml_path"]))), affine, x0, y0)
         label_map = fair1m.rasterize(objects, x0, y0, size)
         label, extra = label_columns(tile_image(label_map, self.tiling), self.grid, self.method)
         source_patch = patch_correspondence(affine, (size, size), self.grid).reshape(1, *self.grid)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -283,8 +284,45 @@ def register_custom_archs() -> None:
             raise
 
 
+#: describe_arch's answers by (arch, model_kwargs): the Snakefile resolves each model several times, and
+#: a build costs ~0.5 s even on the meta device (timm's weight init runs through torch's Python refs there).
+_ARCH_FACTS: dict[str, dict[str, int]] = {}
+
+
 def describe_arch(arch: str, model_kwargs: Mapping[str, Any] | None = None) -> dict[str, int]:
-    """Read the structural facts off a timm architecture (built on the meta device: no memory, no init cost)."""
+    """Read the structural facts off a timm architecture (built on the meta device: no memory), once per process."""
+    key = json.dumps([arch.split(".", 1)[0], dict(model_kwargs or {})], sort_keys=True, default=str)
+    if key not in _ARCH_FACTS:
+        _ARCH_FACTS[key] = _build_and_describe(arch, model_kwargs)
+    return dict(_ARCH_FACTS[key])
+
+
+#: model_kwargs whose effect on the facts is known without building the model: the input size, the
+#: width, the depth, and what leaves the facts as they are (heads, MLP ratio, MAE's decoder).
+SIZE_KWARGS = {"img_size": "input_size", "embed_dim": "embed_dim", "depth": "depth"}
+NEUTRAL_KWARGS = frozenset({"num_heads", "mlp_ratio", "drop_path_rate", "decoder_embed_dim", "decoder_depth",
+                            "decoder_num_heads"})
+
+
+def derived_facts(base: "ModelSpec | None", user_kwargs: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """A built-in's facts under ``user_kwargs`` that only resize it (no timm import, no build); else None.
+
+    The Snakefile resolves every model before any job: the demo's resized
+    built-ins need no timm import (~5 s) there, nor in each cluster job's
+    re-parse. Anything else (a new arch, a removed key, patch size, tokens) is
+    built and read by :func:`describe_arch`; tests check both agree.
+    """
+    kwargs = dict(user_kwargs or {})
+    if base is None or not kwargs.keys() <= SIZE_KWARGS.keys() | NEUTRAL_KWARGS:
+        return None
+    if any(not isinstance(kwargs[k], int) or isinstance(kwargs[k], bool) for k in SIZE_KWARGS if k in kwargs):
+        return None
+    facts = {name: getattr(base, name) for name in STRUCTURAL}
+    facts.update({field: kwargs[k] for k, field in SIZE_KWARGS.items() if k in kwargs})
+    return facts
+
+
+def _build_and_describe(arch: str, model_kwargs: Mapping[str, Any] | None) -> dict[str, int]:
     import timm
     import torch
 
@@ -393,7 +431,8 @@ def resolve(key: str, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
         fields.update(hf_hub_id=None, filename=None)
     fields.update(values)
     if new_arch or user_kwargs is not None:
-        fields.update(describe_arch(fields["arch"], fields["model_kwargs"]))
+        derived = None if new_arch else derived_facts(base, user_kwargs)
+        fields.update(derived if derived is not None else describe_arch(fields["arch"], fields["model_kwargs"]))
     if fields.get("weights", "timm") == "timm" and (new_arch or "pretrained_tag" in values):
         source = _timm_source(fields["pretrained_tag"] or fields["arch"])
         fields.update({name: v for name, v in source.items() if name not in values})

@@ -285,3 +285,35 @@ def concat_results(paths: Sequence[str]) -> pd.DataFrame:
                 table[column] = values if column == "value" else values.astype("Int64")
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
+
+
+#: How experiment jobs are cut (config ``experiment_jobs``).
+EXPERIMENT_JOB_MODES = ("per_experiment", "per_study")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentGroup:
+    """The experiments of one job: one (experiment, model), or every experiment of a study for a model."""
+
+    name: str
+    model: str
+    experiments: tuple[str, ...]
+
+
+def experiment_groups(jobs: Sequence[tuple[str, str]], study_of: Mapping[str, str], mode: str) -> list[ExperimentGroup]:
+    """The workflow's experiment jobs for the ``(experiment, model)`` pairs the outputs draw.
+
+    ``per_experiment``: one job each (a changed setting reruns only the
+    experiments that read it; the most jobs for a cluster to spread).
+    ``per_study``: one job per (study, model), running its experiments in
+    registry order (each job pays torch's import once; a setting read by one
+    experiment reruns the study's others for that model too).
+    """
+    if mode not in EXPERIMENT_JOB_MODES:
+        raise ConfigError(f"experiment_jobs {mode!r}; expected one of {', '.join(EXPERIMENT_JOB_MODES)}")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for experiment, model in jobs:
+        key = (experiment if mode == "per_experiment" else study_of[experiment], model)
+        if experiment not in groups.setdefault(key, []):
+            groups[key].append(experiment)
+    return [ExperimentGroup(name, model, tuple(names)) for (name, model), names in sorted(groups.items())]

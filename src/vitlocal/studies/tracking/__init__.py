@@ -12,6 +12,8 @@ from __future__ import annotations
 from ..base import Experiment, Output, Study, config_models, figure_writer, rows_of
 
 TRACKING_MODELS = config_models("tracking_models")
+#: Table 5 / Fig 12 modes -> feature variant.
+MODES = {"tiled": "clean", "full": "full"}
 
 
 def _tracking_keys(dataset):
@@ -31,8 +33,6 @@ def _video_inputs(dataset, variants):
 
 
 def _cityscapes_inputs(layout, model):
-    from .compute import MODES
-
     train = layout.main_train_set
     return {"train": {mode: layout.feature_file("cityscapes", train, model, v) for mode, v in MODES.items()},
             "val": {mode: layout.feature_file("cityscapes", "val", model, v) for mode, v in MODES.items()},

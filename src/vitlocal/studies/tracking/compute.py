@@ -47,6 +47,7 @@ from vitlocal.evaluation.segmentation import (
 )
 from vitlocal.features.store import read_attrs
 
+from . import MODES
 from .matching import GapCounts, canonical_order, check_gaps, match_video
 from .roi import ALIGNED, SAMPLING_RATIO, boxes_on_grid, iter_frames, roi_features
 
@@ -55,8 +56,6 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 #: Datasets the study reads (``read_tracks(root, split, video)`` of each).
 TRACK_DATASETS = ("bdd100k", "mot17")
-#: Table 5 / Fig 12 modes -> feature variant.
-MODES = {"tiled": "clean", "full": "full"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,116 @@
+"""How the workflow cuts its work into jobs: each file made by exactly one job, grouped as documented,
+and a grouped job writes exactly what the jobs it replaces wrote."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+
+from vitlocal.datasets import cityscapes
+from vitlocal.errors import ConfigError
+from vitlocal.features.pipeline import extract_feature_files, extract_planned_files
+from vitlocal.features.plan import extraction_jobs
+from vitlocal.features.store import read_attrs, read_features
+from vitlocal.studies.base import experiment_groups
+from vitlocal.synthetic import generate
+
+R = "results/x"
+DEG = ["blur-2", "noise-10", "freqnoise-1"]
+TRANS = ["shift-3", "rotate-10", "scale-0.8"]
+
+
+def f(dataset, subset, model, variant):
+    return f"{R}/features/{dataset}/{subset}/{model}/{variant}.parquet"
+
+
+PATHS = [
+    f("cityscapes", "val", "dino", "clean"), f("cityscapes", "set4", "dino", "clean"),
+    f("cityscapes", "val", "dino", "full"), f("cityscapes", "val", "dino", "noise-10"),
+    f("cityscapes", "val", "dino", "blur-2"), f("cityscapes", "val", "mae", "clean"),
+    f("fair1m", "train", "dino", "clean"), f("fair1m", "train", "dino", "rotate-10"),
+    f("fair1m", "train", "dino", "blur-2"),
+    # Made by other rules, or of no configured dataset: no extraction job.
+    f("cityscapes", "val", "dino", "dvt"), f("cityscapes", "val", "dino", "dvt-blur-2"),
+    f("cityscapes", "val", "dino", "dvt1"), f"{R}/features/scene/dino.parquet", f("kitti", "val", "dino", "clean"),
+    f"{R}/experiments/layerwise/dino.csv",
+]
+
+
+def plan(paths):
+    return extraction_jobs(paths, R, ["cityscapes", "fair1m"], DEG, TRANS)
+
+
+def test_each_extracted_file_has_one_job_of_its_kind():
+    jobs = {job.name: [(x.subset, x.variant) for x in job.files] for job in plan(PATHS + PATHS[:3])}
+    assert jobs == {
+        # clean and whole-image files of every subset, subsets sorted, clean before full
+        "extract_cityscapes_dino": [("set4", "clean"), ("val", "clean"), ("val", "full")],
+        # degraded variants apart (a new level reruns them alone), in the configured order
+        "extract_cityscapes_dino_degraded": [("val", "blur-2"), ("val", "noise-10")],
+        "extract_cityscapes_mae": [("val", "clean")],
+        "extract_fair1m_dino": [("train", "clean")],
+        "extract_fair1m_dino_degraded": [("train", "blur-2")],
+        "extract_fair1m_dino_transformed": [("train", "rotate-10")],
+    }
+
+
+def test_plan_does_not_depend_on_the_order_files_are_read_in():
+    shuffled = PATHS[:]
+    random.Random(3).shuffle(shuffled)
+    assert plan(shuffled) == plan(PATHS)
+
+
+def test_experiment_groups_per_experiment_and_per_study():
+    study_of = {"layerwise": "probing", "ade20k": "probing", "r2": "variance"}
+    jobs = [("layerwise", "dino"), ("ade20k", "dino"), ("r2", "dino"), ("layerwise", "mae"), ("layerwise", "dino")]
+    per_experiment = experiment_groups(jobs, study_of, "per_experiment")
+    assert [(g.name, g.model, g.experiments) for g in per_experiment] == [
+        ("ade20k", "dino", ("ade20k",)), ("layerwise", "dino", ("layerwise",)), ("layerwise", "mae", ("layerwise",)),
+        ("r2", "dino", ("r2",))]
+    per_study = experiment_groups(jobs, study_of, "per_study")
+    assert [(g.name, g.model, g.experiments) for g in per_study] == [
+        ("probing", "dino", ("layerwise", "ade20k")), ("probing", "mae", ("layerwise",)),
+        ("variance", "dino", ("r2",))]
+    with pytest.raises(ConfigError, match="experiment_jobs"):
+        experiment_groups(jobs, study_of, "per_model")
+
+
+TINY = {"arch": "vit_tiny_patch16_224", "weights": "random", "seed": 1,
+        "model_kwargs": {"img_size": 48, "embed_dim": 24, "depth": 2, "num_heads": 2}}
+
+
+def content(path):
+    """Patch metadata, embeddings per layer, provenance (less its ``created`` time stamp)."""
+    meta, layers = read_features(path)
+    attrs = {k: v for k, v in read_attrs(path).items() if k != "created"}
+    return meta, {layer: values.tobytes() for layer, values in layers.items()}, attrs
+
+
+def test_planned_job_writes_the_files_of_separate_jobs(tmp_path):
+    """One job over two subsets, clean + full + a degraded variant, vs one call per subset and variant."""
+    root = tmp_path / "cityscapes"
+    generate("cityscapes", root, size="tiny", seed=0)
+    images = cityscapes.list_images(root, "val")
+    manifests = {}
+    for subset, rows in (("a", images.head(1)), ("b", images.tail(1))):
+        manifests[subset] = tmp_path / f"{subset}.csv"
+        rows.to_csv(manifests[subset], index=False)
+    settings = dict(dataset="cityscapes", root=root, model_key="dino", model_overrides=TINY, preset="t",
+                    weights_dir=tmp_path / "w", device="cpu", batch_size=8, dtype="float16", autocast="none",
+                    seed=0, data_source="synthetic", progress=False)
+    files = [{"subset": "a", "variant": "clean", "layers": [1, 2]}, {"subset": "a", "variant": "full", "layers": [2]},
+             {"subset": "b", "variant": "clean", "layers": [2]}, {"subset": "b", "variant": "blur-2", "layers": [2]}]
+    grouped = [{**entry, "path": tmp_path / f"g-{entry['subset']}-{entry['variant']}.parquet"} for entry in files]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract_planned_files(files=grouped, manifests=manifests, **settings)
+        for entry in files:
+            alone = tmp_path / f"s-{entry['subset']}-{entry['variant']}.parquet"
+            extract_feature_files(manifest=manifests[entry["subset"]], subset=entry["subset"], layers=entry["layers"],
+                                  variants=[entry["variant"]], out_paths=[alone], **settings)
+            grouped_file = tmp_path / f"g-{entry['subset']}-{entry['variant']}.parquet"
+            (meta_g, emb_g, attrs_g), (meta_s, emb_s, attrs_s) = content(grouped_file), content(alone)
+            assert meta_g.equals(meta_s) and emb_g == emb_s and attrs_g == attrs_s, entry
+    assert sorted(read_features(tmp_path / "g-a-clean.parquet")[1]) == [1, 2]
