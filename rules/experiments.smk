@@ -20,7 +20,7 @@ for _group in EXPERIMENT_GROUPS:
 
     rule:
         name:
-            f"experiments_{_group.name}_{_group.model}"
+            _group.rule
         input:
             [path for name in _group.experiments for path in flatten(experiment_inputs(name, _group.model))],
         output:
@@ -37,9 +37,9 @@ for _group in EXPERIMENT_GROUPS:
             mem_mb=16000,
             runtime=240,  # minutes (paper preset)
         log:
-            f"{LOGS}/experiments/{_group.name}/{_group.model}.log",
+            f"{LOGS}/{_group.log_name}.log",
         benchmark:
-            f"{BENCHMARKS}/experiments/{_group.name}/{_group.model}.tsv"
+            f"{BENCHMARKS}/{_group.log_name}.tsv"
         conda:
             "../envs/torch.yaml"
         script:

@@ -27,7 +27,8 @@ def test_both_presets_validate_and_get_defaults(paper_config, demo_config):
     assert demo_config["probes"]["knn_metric"] == "dot"
     assert demo_config["subsets"]["cityscapes"]["main_train_set"] == "set4"
     assert paper_config["datasets"]["cityscapes"]["source"] == "official"
-    assert demo_config["transforms"]["rotations"] == [5, 10, 15, 20]
+    assert demo_config["degradations"]["frequency_noise_sigma"] == 40
+    assert demo_config["transforms"]["rotations"] == [10, 20]  # the demo's own two levels
 
 
 @pytest.mark.parametrize(

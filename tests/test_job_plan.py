@@ -73,6 +73,10 @@ def test_experiment_groups_per_experiment_and_per_study():
     assert [(g.name, g.model, g.experiments) for g in per_study] == [
         ("probing", "dino", ("layerwise", "ade20k")), ("probing", "mae", ("layerwise",)),
         ("variance", "dino", ("r2",))]
+    # Rule and log names say which cut made them: a study's log never takes an experiment's place.
+    assert (per_experiment[1].rule, per_experiment[1].log_name) == ("experiment_layerwise_dino",
+                                                                    "experiments/layerwise/dino")
+    assert (per_study[0].rule, per_study[0].log_name) == ("study_probing_dino", "studies/probing/dino")
     with pytest.raises(ConfigError, match="experiment_jobs"):
         experiment_groups(jobs, study_of, "per_model")
 

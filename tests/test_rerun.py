@@ -96,7 +96,7 @@ def up_to_date(tmp_path_factory) -> Path:
 
 
 def runs(experiment: str, models) -> set[tuple[str, ...]]:
-    return {(f"experiments_{experiment}_{m}",) for m in models}
+    return {(f"experiment_{experiment}_{m}",) for m in models}
 
 
 # setting changed -> the jobs whose computation reads it (demo config: models as configured there).

@@ -54,8 +54,8 @@ def test_paper_dry_run_lists_every_subset_without_data(tmp_path):
     assert {f"results/paper/features/cityscapes/{s}/dino/clean.parquet" for s in ("set2", "set4", "set8", "val")} <= set(
         jobs["extract_cityscapes_dino"])
     # The paper preset: one experiment job per (experiment, model), each writing its one CSV.
-    experiment_jobs = {rule: outs for rule, outs in jobs.items() if rule.startswith("experiments_")}
-    assert experiment_jobs["experiments_layerwise_dino"] == ["results/paper/experiments/layerwise/dino.csv"]
+    experiment_jobs = {rule: outs for rule, outs in jobs.items() if rule.startswith("experiment_")}
+    assert experiment_jobs["experiment_layerwise_dino"] == ["results/paper/experiments/layerwise/dino.csv"]
     assert all(len(outs) == 1 for outs in experiment_jobs.values())
 
 
@@ -67,7 +67,7 @@ def test_demo_dry_run_generates_its_data(tmp_path):
     assert all(path.startswith("results/demo/") for outs in jobs.values() for path in outs)
     assert "download_weights" not in jobs  # random weights need no checkpoint
     # The demo: one experiment job per (study, model), all of the study's CSVs for that model.
-    assert sorted(jobs["experiments_probing_dino"]) == sorted(
+    assert sorted(jobs["study_probing_dino"]) == sorted(
         f"results/demo/experiments/{e}/dino.csv" for e in ("layerwise", "train_size", "degradation", "ade20k"))
 
 

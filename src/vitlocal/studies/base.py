@@ -295,9 +295,20 @@ EXPERIMENT_JOB_MODES = ("per_experiment", "per_study")
 class ExperimentGroup:
     """The experiments of one job: one (experiment, model), or every experiment of a study for a model."""
 
-    name: str
+    name: str  #: the experiment's name, or the study's (``per_study``)
     model: str
     experiments: tuple[str, ...]
+    per_study: bool = False
+
+    @property
+    def rule(self) -> str:
+        """``experiment_<experiment>_<model>`` or ``study_<study>_<model>``."""
+        return f"{'study' if self.per_study else 'experiment'}_{self.name}_{self.model}"
+
+    @property
+    def log_name(self) -> str:
+        """``experiments/<experiment>/<model>`` or ``studies/<study>/<model>`` (logs, benchmarks)."""
+        return f"{'studies' if self.per_study else 'experiments'}/{self.name}/{self.model}"
 
 
 def experiment_groups(jobs: Sequence[tuple[str, str]], study_of: Mapping[str, str], mode: str) -> list[ExperimentGroup]:
@@ -316,4 +327,5 @@ def experiment_groups(jobs: Sequence[tuple[str, str]], study_of: Mapping[str, st
         key = (experiment if mode == "per_experiment" else study_of[experiment], model)
         if experiment not in groups.setdefault(key, []):
             groups[key].append(experiment)
-    return [ExperimentGroup(name, model, tuple(names)) for (name, model), names in sorted(groups.items())]
+    per_study = mode == "per_study"
+    return [ExperimentGroup(name, model, tuple(names), per_study) for (name, model), names in sorted(groups.items())]
