@@ -145,6 +145,19 @@ def feature_files():
     return list(files)
 
 
+def extraction_demand():
+    """Every feature file read: the experiments' (feature_files), the raw files DVT denoises, Fig 13's."""
+    from vitlocal.studies.dvt.wiring import denoised_pairs
+
+    paths = list(feature_files())
+    for model in config["dvt"]["models"]:
+        for method in ("dvt", "dvt1"):
+            paths += [raw for raw, _ in denoised_pairs(dvt_inputs(model), method)]
+    if "fig13" in FIGURES:
+        paths += [feature_file("cityscapes", s, m) for s in (MAIN_TRAIN, "val") for m in config["study_models"]]
+    return paths
+
+
 #: The datasets whose frames are resized to ``tracking.frame_size`` (``features.sources.TRACKING``).
 VIDEO_DATASETS = ("bdd100k", "mot17")
 
@@ -153,12 +166,12 @@ def extract_params(dataset, model):
     """The extraction settings of one (dataset, model) job: exactly what changes its files."""
     return dict(
         dataset=dataset,
-        root=dataset_root(dataset),
+        root=lambda wildcards: dataset_root(dataset),  # synthetic data: an input of the job
         data_source=config["datasets"][dataset]["source"],
         model_key=model,
         model_overrides=model_overrides(model),
         preset=PRESET,
-        weights_dir=WEIGHTS_DIR,
+        weights_dir=lambda wildcards: WEIGHTS_DIR,  # a function: the weights file itself is an input
         device=config["device"],
         batch_size=config["extraction"]["batch_size"],
         num_workers=config["extraction"]["num_workers"],

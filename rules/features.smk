@@ -6,18 +6,6 @@
 # experiments, DVT and Fig 13 read, so no job makes a file nobody reads.
 
 from vitlocal.features.plan import extraction_jobs
-from vitlocal.studies.dvt.wiring import denoised_pairs
-
-
-def extraction_demand():
-    """Every feature file read: the experiments' (feature_files), the raw files DVT denoises, Fig 13's."""
-    paths = list(feature_files())
-    for model in config["dvt"]["models"]:
-        for method in ("dvt", "dvt1"):
-            paths += [raw for raw, _ in denoised_pairs(dvt_inputs(model), method)]
-    if "fig13" in FIGURES:
-        paths += [feature_file("cityscapes", s, m) for s in (MAIN_TRAIN, "val") for m in config["study_models"]]
-    return paths
 
 
 EXTRACTION_JOBS = extraction_jobs(

@@ -38,7 +38,7 @@ rule fig10:
     output:
         **figure_files("fig10"),
     params:
-        root=dataset_root("cityscapes"),
+        root=lambda wildcards: dataset_root("cityscapes"),
         bands=config["degradations"]["frequency_bands"],
         sigma=config["degradations"]["frequency_noise_sigma"],
         seed=config["seed"],

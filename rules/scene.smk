@@ -63,7 +63,7 @@ if "fig_recon" in FIGURES:
             **figure_files("fig_recon"),
         params:
             model=reconstruction_models(config)[0],
-            root=dataset_root("cityscapes"),
+            root=lambda wildcards: dataset_root("cityscapes"),
             config=config_slice(config, FIG_RECON_KEYS, reconstruction_models(config)[0]),
         threads: config["extraction"]["threads"]
         resources:
