@@ -27,7 +27,7 @@ from vitlocal.features.store import FeatureWriter
 from vitlocal.layout import Layout
 from vitlocal.probes.variance import feature_variance, top_variance_dims
 from vitlocal.studies import EXPERIMENTS
-from vitlocal.studies.card.compute import artifact_stats, card_rows, norm_ratio, split_train_images
+from vitlocal.studies.card.compute import artifact_stats, card_rows, norm_ratio, pick_m, split_train_images
 from vitlocal.studies.card.summary import card_entries
 from vitlocal.synthetic import generate
 from vitlocal.tiling import TilingSpec, patch_labels, tile_image
@@ -112,6 +112,14 @@ def test_split_train_images_is_seeded_by_image_and_disjoint():
     assert held != split_train_images(ids, seed=4)[1]
     with pytest.raises(ConfigError, match="at least 2 training images"):
         split_train_images(["only"] * 4, seed=0)
+
+
+def test_pick_m_breaks_ties_by_the_smallest_m_and_skips_undefined_scores():
+    assert pick_m({0: 0.3, 10: 0.5, 20: 0.5, 40: 0.4}) == 10
+    assert pick_m({20: 0.5, 10: 0.5}) == 10  # not the first listed
+    assert pick_m({0: float("nan"), 10: 0.1}) == 10
+    with pytest.raises(ConfigError, match="undefined for every m"):
+        pick_m({0: float("nan")}, "train.parquet")
 
 
 def test_best_m_is_chosen_on_held_out_training_images_not_on_val(planted_card):

@@ -17,6 +17,9 @@ from typing import Any, Mapping
 
 from ..base import Experiment, Output, Study
 
+#: Share of the training images held out to choose the best m (the rest is the k-NN gallery of that choice).
+HELD_OUT_SHARE = 0.25
+
 #: Experiments a card may read (``card.reads``) -> the datasets they need.
 READABLE = {
     "layerwise": ("cityscapes",),

@@ -77,6 +77,7 @@ from vitlocal.errors import ConfigError
 from vitlocal.probes.variance import batchnorm_fit, feature_variance, remove_dims, top_variance_dims
 from vitlocal.reproduction import TIDY_COLUMNS
 
+from . import HELD_OUT_SHARE
 from .bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap, miou_of, ratio_of
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,6 @@ BACKGROUND = ("road", "sidewalk", "building", "wall", "fence", "vegetation", "te
 HIGH_NORM_RULE = "norm > Q3 + 3 IQR of the training patch-token norms"
 TOP_DIMS = (10, 200)
 RIDGE_ALPHA = 1.0
-#: Share of the training images held out to choose the best m (the rest is the k-NN gallery of that choice).
-HELD_OUT_SHARE = 0.25
 BEST_M_RULE = ("m of variance.removed_dims with the highest k-NN mIoU on a seeded quarter of the training images "
                "held out (gallery: the other training images; ties: the smallest m); val is never read")
 TIMING = "wall seconds of the fitted transform over every val patch after a one-tile warm-up, per val image"
@@ -240,12 +239,17 @@ def choose_m(full: SplitFeatures, candidates: Sequence[int], train_target: EvalT
         preds = knn_predictions(with_features(fit, remove_dims(fit.x, top)), with_features(held, remove_dims(held.x, top)),
                                 k=probes.knn_k, metric=probes.knn_metric, device=probes.device)
         scores[int(m)] = miou_of(per_image_confusions(held, preds, target).sum(axis=0))
-    defined = {m: v for m, v in scores.items() if np.isfinite(v)}
-    if not defined:
-        raise ConfigError(f"{full.name}: the k-NN mIoU of the held-out training images is undefined for every m")
-    best = min(m for m, v in defined.items() if v == max(defined.values()))
+    best = pick_m(scores, full.name)
     return best, {"rule": BEST_M_RULE, "chosen_m": best, "held_out_miou": {str(m): v for m, v in scores.items()},
                   "fit_images": len(fit_ids), "held_out_images": len(held_ids), "split_seed": seed}
+
+
+def pick_m(scores: Mapping[int, float], where: str = "") -> int:
+    """The m of the highest score; ties: the smallest m (the least removed); undefined (NaN) scores never win."""
+    defined = {m: v for m, v in scores.items() if np.isfinite(v)}
+    if not defined:
+        raise ConfigError(f"{where}: the k-NN mIoU of the held-out training images is undefined for every m")
+    return min(m for m, v in defined.items() if v == max(defined.values()))
 
 
 def seconds_per_image(transform, x: np.ndarray, n_images: int, warm_rows: int) -> float:
