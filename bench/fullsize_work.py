@@ -22,6 +22,7 @@ from vitlocal.features.sources import FULL, base_tiling, round_to_patch  # noqa:
 from vitlocal.layout import Layout  # noqa: E402
 from vitlocal.models.registry import ModelSpec, resolve  # noqa: E402
 from vitlocal.studies import EXPERIMENTS, OUTPUTS  # noqa: E402
+from vitlocal.studies.card import HELD_OUT_SHARE  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
 RESULTS = "results/paper"
@@ -268,11 +269,22 @@ def _variance_removal(work, inputs, model, units):
 
 
 def _card(work, inputs, model, units):
-    """The card's 1-NN searches (raw, each top-m removal, BatchNorm) and one linear probe; bootstrap, ridge: seconds."""
-    dim = work.shape(inputs["train"]).dim
-    for m in sorted({0, *(m for m in work.config["variance"]["removed_dims"] if 0 < m < dim)}):
+    """The card's 1-NN searches (raw, each top-m removal, BatchNorm), the best m's choice (for each m, the held-out
+    training images against the others), linear probes (raw, best m, BatchNorm) and, for a model of dvt.models,
+    k-NN and linear on the DVT files plus the denoiser's timed pass over val; bootstrap, ridge: seconds."""
+    train, dim = work.shape(inputs["train"]), work.shape(inputs["train"]).dim
+    removed = [m for m in work.config["variance"]["removed_dims"] if 0 <= m < dim]
+    for m in sorted({0, *(m for m in removed if m > 0)}):
         _seg(work, inputs["train"], inputs["val"], units, dim - m, linear=False)
+    for m in sorted(set(removed)):
+        work.knn(units, round((1 - HELD_OUT_SHARE) * train.rows), round(HELD_OUT_SHARE * train.rows), dim - m)
     _seg(work, inputs["train"], inputs["val"], units)  # BatchNorm k-NN, and the raw linear probe
+    for _ in ("best m", "BatchNorm"):
+        work.linear(units, train.rows, dim)
+    if "dvt" in inputs:
+        _seg(work, inputs["dvt"]["train"], inputs["dvt"]["val"], units)
+        val = work.shape(inputs["dvt"]["val"])
+        units["dvt_denoise_tiles"] += val.images * val.tiles_per_image
 
 
 def _retrieval(work, inputs, model, units, removed: bool | None = None):

@@ -9,6 +9,7 @@ from vitlocal.studies.dvt.wiring import (
     denoised_pairs,
     stage1_feature_jobs,
     stage1_inputs,
+    stage1_path,
     stage1_sources,
 )
 
@@ -61,7 +62,7 @@ rule dvt_stage1:
     input:
         shards=lambda wildcards: stage1_shard_paths(RESULTS, wildcards.model, DVT_SHARDS),
     output:
-        npz=f"{RESULTS}/dvt/stage1/{{model}}.npz",
+        npz=stage1_path(RESULTS, "{model}"),
     resources:
         mem_mb=16000,
     log:
@@ -74,7 +75,7 @@ rule dvt_stage1:
 
 rule dvt_stage2:
     input:
-        npz=f"{RESULTS}/dvt/stage1/{{model}}.npz",
+        npz=stage1_path(RESULTS, "{model}"),
     output:
         checkpoint=f"{RESULTS}/dvt/stage2/{{model}}.pt",
         sidecar=f"{RESULTS}/dvt/stage2/{{model}}.json",
@@ -172,7 +173,7 @@ if "fig_dvt" in FIGURES:
 
     rule fig_dvt:
         input:
-            stage1=[f"{RESULTS}/dvt/stage1/{m}.npz" for m in DVT_MODELS],
+            stage1=[stage1_path(RESULTS, m) for m in DVT_MODELS],
             checkpoints=[checkpoint_path(config, RESULTS, m) for m in DVT_MODELS],
         output:
             **figure_files("fig_dvt"),

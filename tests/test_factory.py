@@ -100,7 +100,7 @@ def extracted(tmp_path_factory):
                          preset="test", weights_dir=tmp / "weights", device="cpu", batch_size=16, dtype="float32",
                          autocast="none", seed=0, data_source="synthetic", progress=False, model_key="tiny_reg4",
                          model_overrides=REG, layers=[2, 4], variant="clean")
-    return {"root": root, "tmp": tmp, **paths, "val_manifest": tmp / "val.csv"}
+    return {"root": root, "tmp": tmp, **paths, "train_manifest": tmp / "train.csv", "val_manifest": tmp / "val.csv"}
 
 
 def test_factory_model_goes_through_extraction_a_knn_experiment_and_the_card(extracted):
@@ -110,7 +110,8 @@ def test_factory_model_goes_through_extraction_a_knn_experiment_and_the_card(ext
     assert layers[4].shape == (len(meta), 48)
     assert meta.groupby(["sample_id", "tile_id"]).size().eq(9).all()  # 3x3 patches: the 5 prefix tokens dropped
     config = {"seed": 0, "device": "cpu", "variance": {"removed_dims": [0, 10]}, "card": {"resamples": 200}}
-    inputs = {"train": str(extracted["train"]), "val": str(extracted["val"]), "val_manifest": str(extracted["val_manifest"])}
+    inputs = {"train": str(extracted["train"]), "val": str(extracted["val"]), "val_manifest": str(extracted["val_manifest"]),
+              "train_manifest": str(extracted["train_manifest"])}
     params = {"roots": {"cityscapes": str(extracted["root"])}, "layers": [2, 4]}
     knn = run_experiment("layerwise", "tiny_reg4", inputs, params, config)
     miou = knn[(knn["metric"] == "miou") & (knn["probe"] == "knn")]

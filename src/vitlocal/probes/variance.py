@@ -109,10 +109,16 @@ def batchnorm_standardise(
     statistics equal to the exact training-set statistics (the unbiased
     variance, as BatchNorm stores it). Returns float32 arrays, in input order.
     """
+    standardise = batchnorm_fit(train_x, eps=eps)
+    return tuple(standardise(x) for x in (train_x, *others))
+
+
+def batchnorm_fit(train_x: np.ndarray, eps: float = 1e-6):
+    """The standardisation of :func:`batchnorm_standardise`, fitted on ``train_x``, as a function of new rows
+    (so applying it can be timed apart from fitting it)."""
     acc = _accumulate(train_x)
-    mean = acc.mean
-    scale = 1.0 / np.sqrt(acc.variance(ddof=1) + eps)
-    return tuple(_standardise(x, mean, scale) for x in (train_x, *others))
+    mean, scale = acc.mean, 1.0 / np.sqrt(acc.variance(ddof=1) + eps)
+    return lambda x: _standardise(x, mean, scale)
 
 
 def ridge_r2(

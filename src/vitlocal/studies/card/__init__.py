@@ -2,7 +2,10 @@
 
 The ``card`` experiment reads the last layer of the model's Cityscapes train
 and val features once and computes the card's own diagnostics, each with a
-95 % bootstrap interval over the val images (``compute``). The card itself
+95 % bootstrap interval over the val images (``compute``): the best m of the
+top-m removal is chosen on held-out training images, never on val; a model of
+``dvt.models`` also gets the DVT post-processor (the dvt study's denoised files,
+its denoiser timed) and DVT's artifact share (its stage-1 file). The card itself
 (``figures``) adds what the other studies' experiment CSVs say about the model
 (``summary``); the models of ``card.models`` are drawn in grey beside it.
 Rules: ``rules/card.smk``.
@@ -13,6 +16,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..base import Experiment, Output, Study
+
+#: Share of the training images held out to choose the best m (the rest is the k-NN gallery of that choice).
+HELD_OUT_SHARE = 0.25
 
 #: Experiments a card may read (``card.reads``) -> the datasets they need.
 READABLE = {
@@ -72,17 +78,34 @@ def card_reads(layout, model: str) -> list[str]:
 
 
 def _inputs(layout, model):
-    return {"train": layout.feature_file("cityscapes", layout.main_train_set, model),
-            "val": layout.feature_file("cityscapes", "val", model),
-            "val_manifest": layout.manifest("cityscapes", "val")}
+    """The last layer's train and val files and manifests; for a model of ``dvt.models`` also the dvt study's
+    denoised files, its denoiser (timed on val) and its stage-1 file (the artifact share)."""
+    from ..dvt import dvt_models
+    from ..dvt.wiring import checkpoint_path, stage1_path
+
+    train = layout.main_train_set
+    inputs = {"train": layout.feature_file("cityscapes", train, model),
+              "val": layout.feature_file("cityscapes", "val", model),
+              "train_manifest": layout.manifest("cityscapes", train),
+              "val_manifest": layout.manifest("cityscapes", "val")}
+    if model in dvt_models(layout.config):
+        inputs["dvt"] = {"train": layout.feature_file("cityscapes", train, model, layout.denoised()),
+                         "val": layout.feature_file("cityscapes", "val", model, layout.denoised()),
+                         "checkpoint": checkpoint_path(layout.config, layout.results, model)}
+        inputs["stage1"] = stage1_path(layout.results, model)
+    return inputs
 
 
 def _card(job):
+    from ...evaluation.segmentation import EvalTarget
     from .compute import card_rows
 
+    train_target = EvalTarget.load("cityscapes", job.params["roots"]["cityscapes"], job.inputs["train_manifest"])
     return card_rows(job.model, job.inputs["train"], job.inputs["val"], target=job.target("cityscapes"),
-                     probes=job.probes, removed_dims=job.config["variance"]["removed_dims"],
-                     resamples=int(job.config["card"].get("resamples", 1000)), seed=int(job.config.get("seed", 0)))
+                     train_target=train_target, probes=job.probes,
+                     removed_dims=job.config["variance"]["removed_dims"],
+                     resamples=int(job.config["card"].get("resamples", 1000)), seed=int(job.config.get("seed", 0)),
+                     dvt=job.inputs.get("dvt"), stage1=job.inputs.get("stage1"))
 
 
 STUDY = Study(

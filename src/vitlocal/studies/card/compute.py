@@ -8,6 +8,26 @@ interval over the evaluation images costs no probe rerun:
   (ranked on the training patches, for each configured m) and on BatchNorm-
   standardised features (training mean and variance): per-image confusion
   matrices, scored at full resolution as the probing study scores them;
+- best m, chosen on held-out *training* images, never on val: the training
+  images are split by image (seeded with ``seed``) into a fit part (3/4) and a
+  held-out part (1/4); for each m of ``variance.removed_dims`` the top-m
+  dimensions, ranked on the fit part's patches, are removed and the k-NN
+  (gallery: the fit part) is scored on the held-out images at full
+  resolution; the m of highest held-out mIoU wins (ties: the smallest m). The
+  val number of that m is the ``top<m>_removed`` k-NN row's (dims ranked on
+  every training patch); the rule never reads a val label;
+- post-processors through the same two probes, each with its cost per val
+  image: ``raw`` (no transform), ``best_m_removed`` (the chosen m),
+  ``bn_standardised`` and, for a model of ``dvt.models``, ``dvt`` (the dvt
+  study's denoised files). Cost: wall seconds of applying the fitted transform
+  to every val patch (after a one-tile warm-up), divided by the val images:
+  machine-dependent, recorded with where it ran; DVT's is the denoiser's
+  forward. Fitting (ranking dims, BatchNorm statistics, DVT's stages 1-2) is
+  not in it;
+- DVT's artifact share (stage 1 run for the model): ``||G|| / ||y||``, the
+  Frobenius norm of stage 1's position artifact G over that of the raw
+  features y, pooled over its training tiles, with its interval over the
+  stage-1 training images (its units: stage 1 never sees a val image);
 - variance share: share of the summed per-dimension variance of the val
   patch features held by the 10 / 200 dimensions of largest variance;
 - high-norm tokens ("Vision Transformers Need Registers"): a patch token is
@@ -24,8 +44,10 @@ interval over the evaluation images costs no probe rerun:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -46,12 +68,16 @@ from vitlocal.evaluation.segmentation import (
     load_split,
     patch_grid,
     provenance,
+    resolve_device,
+    select_samples,
     tiling_of,
     with_features,
 )
-from vitlocal.probes.variance import batchnorm_standardise, feature_variance, remove_dims, top_variance_dims
+from vitlocal.errors import ConfigError
+from vitlocal.probes.variance import batchnorm_fit, feature_variance, remove_dims, top_variance_dims
 from vitlocal.reproduction import TIDY_COLUMNS
 
+from . import HELD_OUT_SHARE
 from .bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap, miou_of, ratio_of
 
 log = logging.getLogger(__name__)
@@ -64,6 +90,9 @@ BACKGROUND = ("road", "sidewalk", "building", "wall", "fence", "vegetation", "te
 HIGH_NORM_RULE = "norm > Q3 + 3 IQR of the training patch-token norms"
 TOP_DIMS = (10, 200)
 RIDGE_ALPHA = 1.0
+BEST_M_RULE = ("m of variance.removed_dims with the highest k-NN mIoU on a seeded quarter of the training images "
+               "held out (gallery: the other training images; ties: the smallest m); val is never read")
+TIMING = "wall seconds of the fitted transform over every val patch after a one-tile warm-up, per val image"
 
 
 # --------------------------------------------------------------------------- per-image statistics
@@ -178,6 +207,91 @@ def position_r2(sums: np.ndarray) -> float:
     return float(np.mean(r2))
 
 
+# --------------------------------------------------------------------------- best m, costs, DVT's artifact share
+
+
+def split_train_images(sample_ids: Sequence[str], seed: int, share: float = HELD_OUT_SHARE):
+    """``(fit, held_out)`` sorted image ids: a seeded ``share`` of the distinct images held out (at least one each)."""
+    ids = np.array(sorted({str(s) for s in sample_ids}))
+    if len(ids) < 2:
+        raise ConfigError(f"choosing the best m needs at least 2 training images (one held out); got {len(ids)}")
+    n_held = min(max(1, int(round(share * len(ids)))), len(ids) - 1)
+    held = np.zeros(len(ids), dtype=bool)
+    held[np.random.default_rng(seed).permutation(len(ids))[:n_held]] = True
+    return sorted(ids[~held]), sorted(ids[held])
+
+
+def choose_m(full: SplitFeatures, candidates: Sequence[int], train_target: EvalTarget, probes: ProbeSettings,
+             seed: int) -> tuple[int, dict[str, Any]]:
+    """The best m of ``candidates`` on held-out training images (``BEST_M_RULE``) and the record of the choice.
+
+    ``full``: every patch of the training images; ``train_target``: their manifest (scored at full resolution).
+    """
+    fit_ids, held_ids = split_train_images(full.meta["sample_id"], seed)
+    fit, held = labelled(select_samples(full, fit_ids)), select_samples(full, held_ids)
+    manifest = train_target.manifest
+    target = dataclasses.replace(train_target, manifest=manifest[manifest["sample_id"].astype(str).isin(held_ids)]
+                                 .reset_index(drop=True))
+    variances = feature_variance(select_samples(full, fit_ids).x)
+    scores = {}
+    for m in candidates:
+        top = top_variance_dims(variances, m)
+        preds = knn_predictions(with_features(fit, remove_dims(fit.x, top)), with_features(held, remove_dims(held.x, top)),
+                                k=probes.knn_k, metric=probes.knn_metric, device=probes.device)
+        scores[int(m)] = miou_of(per_image_confusions(held, preds, target).sum(axis=0))
+    best = pick_m(scores, full.name)
+    return best, {"rule": BEST_M_RULE, "chosen_m": best, "held_out_miou": {str(m): v for m, v in scores.items()},
+                  "fit_images": len(fit_ids), "held_out_images": len(held_ids), "split_seed": seed}
+
+
+def pick_m(scores: Mapping[int, float], where: str = "") -> int:
+    """The m of the highest score; ties: the smallest m (the least removed); undefined (NaN) scores never win."""
+    defined = {m: v for m, v in scores.items() if np.isfinite(v)}
+    if not defined:
+        raise ConfigError(f"{where}: the k-NN mIoU of the held-out training images is undefined for every m")
+    return min(m for m, v in defined.items() if v == max(defined.values()))
+
+
+def seconds_per_image(transform, x: np.ndarray, n_images: int, warm_rows: int) -> float:
+    """``TIMING``: ``transform(x)`` timed after a warm-up on the first ``warm_rows`` rows."""
+    transform(x[:warm_rows])
+    start = time.perf_counter()
+    transform(x)
+    return (time.perf_counter() - start) / n_images
+
+
+def denoiser_transform(checkpoint: str, grid: Sequence[int], device: str | None):
+    """The DVT denoiser of ``checkpoint`` as a transform of (n_tiles * gh * gw, C) rows (tile by tile, as stored)."""
+    from vitlocal.denoise.pipeline import DENOISE_TILES
+    from vitlocal.denoise.stage2 import denoise, load_checkpoint
+
+    model, torch_device = load_checkpoint(checkpoint, grid=tuple(grid)), resolve_device(device)
+    gh, gw = grid
+    transform = lambda x: denoise(model, x.reshape(-1, gh, gw, x.shape[1]), DENOISE_TILES, torch_device)  # noqa: E731
+    return transform, str(torch_device)
+
+
+def artifact_stats(stage1_path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per stage-1 training image: [sum ||G||^2, sum ||y||^2] over its tiles' patches; and the file's record."""
+    try:
+        with np.load(stage1_path, allow_pickle=False) as data:
+            attrs = json.loads(str(data["attrs"]))
+            image = pd.factorize(pd.Series(data["dataset"].astype(str)) + "/" + data["sample_id"].astype(str))[0]
+            sums = [np.array([np.square(tile, dtype=np.float64).sum() for tile in data[key]]) for key in ("artifact", "raw")]
+    except (OSError, KeyError, ValueError) as err:
+        raise ConfigError(f"{stage1_path}: cannot read DVT stage 1's raw / artifact arrays ({err})") from err
+    if attrs.get("model") is None or not len(image):
+        raise ConfigError(f"{stage1_path}: a stage-1 file with no tiles or no model")
+    per_image = np.stack([np.bincount(image, weights=v, minlength=image.max() + 1) for v in sums], axis=1)
+    return per_image, {"model": attrs["model"], "tiles": len(image), "layer": attrs.get("layer"),
+                       "on": "DVT stage-1 training tiles, pooled", "file": str(stage1_path)}
+
+
+def norm_ratio(sums: np.ndarray) -> float:
+    """``sqrt(sums[0] / sums[1])``: a ratio of Frobenius norms from summed squares."""
+    return float(np.sqrt(sums[0] / sums[1])) if sums[1] > 0 else float("nan")
+
+
 # --------------------------------------------------------------------------- the experiment
 
 
@@ -187,12 +301,20 @@ def card_rows(
     val_path: str,
     *,
     target: EvalTarget,
+    train_target: EvalTarget,
     probes: ProbeSettings,
     removed_dims: Sequence[int],
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    dvt: Mapping[str, str] | None = None,
+    stage1: str | None = None,
 ) -> pd.DataFrame:
-    """Every diagnostic of the card for ``model`` (last stored layer), one tidy row each with its interval."""
+    """Every diagnostic of the card for ``model`` (last stored layer), one tidy row each with its interval.
+
+    ``train_target``: the training images' manifest (the held-out ones score the choice of m); ``dvt``:
+    ``{train, val, checkpoint}``, the dvt study's denoised files and its denoiser (a model of ``dvt.models``);
+    ``stage1``: DVT's stage-1 file of the model.
+    """
     val = load_split(val_path)
     full = load_split(train_path, val.layer)
     check_compatible(full, val)
@@ -201,36 +323,86 @@ def card_rows(
     boot = dict(resamples=resamples, seed=seed)
     rows: list[dict[str, Any]] = []
 
-    def add(probe: str, level: str, metric: str, interval: Interval, settings: Mapping[str, Any], cls="all"):
+    def add(probe: str, level: str, metric: str, interval: Interval, settings: Mapping[str, Any], cls="all",
+            unit="image"):
         rows.append({"probe": probe, "level": level, "class": cls, "metric": metric, "value": interval.value,
-                     "lo": interval.lo, "hi": interval.hi, "n_units": interval.n_units, "unit": "image",
+                     "lo": interval.lo, "hi": interval.hi, "n_units": interval.n_units, "unit": unit,
                      "resamples": interval.resamples, "boot_seed": interval.seed,
                      "knn_metric": probes.knn_metric if probe == "knn" else "",
                      "settings": json.dumps(settings, sort_keys=True, separators=(",", ":"))})
 
+    def knn(tr, va):
+        preds = knn_predictions(tr, va, k=probes.knn_k, metric=probes.knn_metric, device=probes.device)
+        return bootstrap(per_image_confusions(va, preds, target), miou_of, **boot)
+
+    def linear(tr, va):
+        probe, settings = fit_linear(tr, model, target, probes)  # BatchNorm first for probes.batchnorm_models
+        return bootstrap(per_image_confusions(va, linear_predictions(probe, va), target), miou_of, **boot), settings
+
+    def measured(seconds: float, n_units: int) -> Interval:  # a measurement of this run: no interval
+        return Interval(seconds, float("nan"), float("nan"), n_units, 0, seed)
+
     variances = feature_variance(full.x)
     train = labelled(full)
     dims = val.x.shape[1]
+    warm = int(np.prod(patch_grid(val)))
+    knn_of: dict[str, Interval] = {}
     variants = {"raw": (train, val, {})}
     for m in sorted({int(m) for m in removed_dims if 0 < int(m) < dims}):
         top = top_variance_dims(variances, m)
         variants[f"top{m}_removed"] = (with_features(train, remove_dims(train.x, top)),
                                        with_features(val, remove_dims(val.x, top)),
                                        {"removed_dims": m, "ranked_on": "train patches"})
-    train_bn, val_bn = batchnorm_standardise(train.x, val.x)
-    variants["bn_standardised"] = (with_features(train, train_bn), with_features(val, val_bn),
+    standardise = batchnorm_fit(train.x)
+    variants["bn_standardised"] = (with_features(train, standardise(train.x)), with_features(val, standardise(val.x)),
                                    {"standardised": "train mean and unbiased variance of labelled patches, eps 1e-6"})
     for level, (tr, va, extra) in variants.items():
-        preds = knn_predictions(tr, va, k=probes.knn_k, metric=probes.knn_metric, device=probes.device)
-        confusions = per_image_confusions(va, preds, target)
-        interval = bootstrap(confusions, miou_of, **boot)
+        knn_of[level] = interval = knn(tr, va)
         add("knn", level, "miou", interval, {**probes.knn_record(len(tr.labels)), **extra}, cls="mean")
         log.info("%s k-NN %s: mIoU %.3f [%.3f, %.3f]", model, level, interval.value, interval.lo, interval.hi)
 
-    probe, settings = fit_linear(train, model, target, probes)  # BatchNorm first for probes.batchnorm_models
-    interval = bootstrap(per_image_confusions(val, linear_predictions(probe, val), target), miou_of, **boot)
-    add("linear", "raw", "miou", interval, settings, cls="mean")
+    interval, linear_settings = linear(train, val)
+    add("linear", "raw", "miou", interval, linear_settings, cls="mean")
     log.info("%s linear raw: mIoU %.3f [%.3f, %.3f]", model, interval.value, interval.lo, interval.hi)
+    linear_of = {"raw": (interval, linear_settings)}
+
+    # Post-processors: best m (chosen on held-out training images), BatchNorm, DVT; each with k-NN, linear, cost.
+    candidates = sorted({int(m) for m in removed_dims if 0 <= int(m) < dims})
+    best, choice = choose_m(full, candidates, train_target, probes, seed) if candidates else (0, {"rule": BEST_M_RULE,
+                                                                                                "chosen_m": 0})
+    log.info("%s best m on held-out training images: %d (%s)", model, best, choice.get("held_out_miou"))
+    best_top = top_variance_dims(variances, best)
+    post = {"raw": ("none", {}, None),
+            "best_m_removed": (f"top-{best} variance dims (ranked on train patches) removed", choice,
+                               lambda x: remove_dims(x, best_top)),
+            "bn_standardised": ("BatchNorm standardisation with training statistics", {}, standardise)}
+    add("none", "best_m_removed", "best_m", measured(best, choice.get("held_out_images", 0)), choice,
+        unit="held-out train image")
+    level = "raw" if best == 0 else f"top{best}_removed"
+    add("knn", "best_m_removed", "miou", knn_of[level],
+        {**probes.knn_record(len(train.labels)), "post_processor": post["best_m_removed"][0], "same_as": level,
+         **choice}, cls="mean")
+    linear_of["best_m_removed"] = linear(*variants[level][:2]) if best else linear_of["raw"]
+    linear_of["bn_standardised"] = linear(*variants["bn_standardised"][:2])
+    if dvt is not None:
+        train_dvt, val_dvt = load_split(dvt["train"], val.layer), load_split(dvt["val"], val.layer)
+        check_compatible(train_dvt, val_dvt)
+        transform, device = denoiser_transform(dvt["checkpoint"], patch_grid(val), probes.device)
+        record = {k: v for k, v in val_dvt.attrs.get("denoiser", {}).items() if k in ("path", "sha256", "dvt_source")}
+        post["dvt"] = (f"DVT denoiser forward ({device})", record, transform)
+        train_dvt = labelled(train_dvt)
+        knn_of["dvt"] = knn(train_dvt, val_dvt)
+        add("knn", "dvt", "miou", knn_of["dvt"], {**probes.knn_record(len(train_dvt.labels)), "post_processor":
+                                                   post["dvt"][0], **record}, cls="mean")
+        linear_of["dvt"] = linear(train_dvt, val_dvt)
+    for level, (what, extra, transform) in post.items():
+        if level != "raw":  # raw's linear row is above
+            interval, settings = linear_of[level]
+            add("linear", level, "miou", interval, {**settings, "post_processor": what, **extra}, cls="mean")
+        seconds = 0.0 if level == "raw" else seconds_per_image(transform, val.x, n_images, warm)
+        add("none", level, "seconds_per_image", measured(seconds, n_images),
+            {"post_processor": what, "timing": TIMING, "machine_dependent": True})
+        log.info("%s %s: %.2e s per val image", model, level, seconds)
 
     stats = variance_stats(val.x, image, n_images)
     for k in TOP_DIMS:
@@ -251,6 +423,13 @@ def card_rows(
     add("none", "", "position_r2", bootstrap(pos, position_r2, **boot),
         {"alpha": RIDGE_ALPHA, "target": "patch (row, col) in the tile grid scaled to [0, 1]",
          "fit": "train tiles", "scored": "val tiles"})
+
+    if stage1 is not None:
+        per_image, record = artifact_stats(stage1)
+        if record["model"] != model:
+            raise ConfigError(f"{stage1} holds DVT stage 1 of model {record['model']!r}, read for the card of {model!r}")
+        add("none", "", "dvt_artifact_share", bootstrap(per_image, norm_ratio, **boot),
+            {**record, "statistic": "||G||_F / ||y||_F"}, unit="stage-1 train image")
 
     table = pd.DataFrame(rows)
     prov = provenance(val.attrs, probe="none", knn_metric="")

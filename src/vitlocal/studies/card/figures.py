@@ -2,7 +2,8 @@
 
 The card draws the model in colour and the other carded models of the same
 run in grey; every number of the card's own experiment carries its 95 %
-bootstrap interval as an error bar. Numbers read from other studies' CSVs
+bootstrap interval as an error bar, but the measured cost of each post-processor
+(machine-dependent) and the best m (chosen on held-out training images). Numbers read from other studies' CSVs
 have none (those CSVs hold no per-image statistics) and say so.
 """
 
@@ -14,22 +15,27 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.transforms import blended_transform_factory
 
 from ...plotting.base import demo_subject_of, model_colour, model_label, new_figure, save_figure, write_csv, write_text
 from ...plotting.tables import to_latex
 from .summary import card_entries
 
 GREY = "#9a9a9a"
+TEXT_POINTS = 5.5
 #: Columns of the comparison table: (section, name) of an entry -> header; higher is better for each but the last.
 TABLE = {
     ("post-processors", "k-NN, raw"): "k-NN mIoU",
     ("post-processors", "k-NN, BatchNorm-standardised"): "k-NN BN",
     ("post-processors", "linear, raw"): "linear mIoU",
+    ("post-processors", "k-NN, best-m removed"): "k-NN best-m",
+    ("post-processors", "k-NN, DVT"): "k-NN DVT",
+    ("diagnostics", "dvt_artifact_share"): "DVT artifact share",
     ("diagnostics", "position_r2"): "position R2",
     ("diagnostics", "high_norm_share"): "high-norm share",
 }
-#: Ranked so that 1 is best: larger is better except for the high-norm share.
-LOWER_IS_BETTER = {"high-norm share"}
+#: Ranked so that 1 is best: larger is better except for the high-norm and artifact shares.
+LOWER_IS_BETTER = {"high-norm share", "DVT artifact share"}
 
 
 def all_entries(rows: pd.DataFrame, models: Sequence[str], main_train_set: str = "set4") -> pd.DataFrame:
@@ -58,9 +64,15 @@ def draw_card(model: str, entries: pd.DataFrame, subtitle: str, published: pd.Da
 
     ``published``: the paper's layer curves (dotted), drawn only beside real (not demo) numbers.
     """
-    fig = new_figure(8.3, 10.5)
-    grid = fig.add_gridspec(3, 2, height_ratios=[1.1, 1.1, 1.3])
     mine, refs = entries[entries["model"] == model], entries[entries["model"] != model]
+    lines = [f"{model_label(model)}: local-feature card   {subtitle}", ""]
+    for r in mine[~mine["section"].isin(["layers"])].to_dict("records"):
+        lines.append(f"{r['section']:>15} | {r['name']:<32} {_shown(r)}")
+    lines += ["", "Definitions:"]
+    lines += [f"  {d}" for d in dict.fromkeys(mine["definition"])]
+    text_height = (len(lines) + 2) * TEXT_POINTS * 1.45 / 72  # inches (font height x line spacing): grows with the lines
+    fig = new_figure(8.3, 7.0 + text_height)
+    grid = fig.add_gridspec(3, 2, height_ratios=[3.5, 3.5, text_height])
     for i, section in enumerate(("post-processors", "diagnostics")):
         ax = fig.add_subplot(grid[i, 0])
         names = list(dict.fromkeys(mine.loc[mine["section"] == section, "name"]))
@@ -90,14 +102,11 @@ def draw_card(model: str, entries: pd.DataFrame, subtitle: str, published: pd.Da
     ax.set_ylabel("k-NN mIoU (Cityscapes val)")
     ax.set_title("k-NN mIoU per layer (Fig 2)", fontsize=8)
     ax.legend(fontsize=8)
-    text = fig.add_subplot(grid[2, :])
-    text.axis("off")
-    lines = [f"{model_label(model)}: local-feature card   {subtitle}", ""]
-    for r in mine[~mine["section"].isin(["layers"])].to_dict("records"):
-        lines.append(f"{r['section']:>15} | {r['name']:<32} {_shown(r)}")
-    lines += ["", "Definitions:"]
-    lines += [f"  {d}" for d in dict.fromkeys(mine["definition"])]
-    text.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=5.5, transform=text.transAxes)
+    room = fig.add_subplot(grid[2, :])  # the text's room, sized above; the text itself is left out of the layout
+    room.axis("off")
+    where = blended_transform_factory(fig.transFigure, room.transAxes)  # from the page's left edge, the room's top
+    fig.text(0.01, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=TEXT_POINTS,
+             transform=where).set_in_layout(False)
     return fig
 
 
@@ -105,9 +114,15 @@ def _shown(entry) -> str:
     """A card line's number: with its interval, or why it has none."""
     if not np.isfinite(entry["value"]):
         return "undefined (no unit to count: e.g. no high-norm token)"
-    value = f"{int(entry['value'])}" if entry["name"] == "best k-NN layer" else f"{entry['value']:.3f}"
+    whole = entry["section"] == "selection" or entry["name"] == "best k-NN layer"
+    value = f"{int(entry['value'])}" if whole else f"{entry['value']:.3g} s" if entry["section"] == "cost" else \
+        f"{entry['value']:.3f}"
     if entry["source"] != "card":
         return f"{value} (read from the {entry['source']} CSV: no per-image statistics, no interval)"
+    if entry["section"] == "cost":
+        return f"{value} per val image (this run's machine; a measurement, no interval)"
+    if entry["section"] == "selection":
+        return f"{value} (chosen on held-out training images; no interval)"
     return f"{value} [{entry['lo']:.3f}, {entry['hi']:.3f}]"
 
 
@@ -159,8 +174,10 @@ def cards_table(rows: pd.DataFrame, models: Sequence[str], out_csv, out_tex, out
     for header in TABLE.values():
         shown[header] = [_cell(v, lo, hi, r) for v, lo, hi, r in
                          zip(table[header], table[f"{header} lo"], table[f"{header} hi"], table[f"{header} rank"])]
-    caption = ("Local-feature cards: value [95 % bootstrap interval over Cityscapes val images] (rank, 1 = best; "
-               "high-norm share: lower is better).")
+    caption = ("Local-feature cards: value [95 % bootstrap interval over Cityscapes val images; DVT artifact share: "
+               "over DVT's stage-1 training images] (rank, 1 = best; high-norm and artifact shares: lower is better). "
+               "best-m: top-m variance dims removed, m chosen on held-out training images, never on val. "
+               "--: not computed for the model (DVT: only models of dvt.models).")
     tex = to_latex(shown, align="l" * len(shown.columns), demo_subject=subject)
     write_text(f"% {caption}\n{tex}", out_tex)
     md = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]

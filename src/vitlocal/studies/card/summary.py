@@ -19,6 +19,15 @@ DEFINITIONS = {
     "linear_miou": "Linear-probe mIoU on Cityscapes val at the last layer (the probing study's probe and schedule).",
     "top_removed": "k-NN mIoU after removing the top-m variance dimensions, ranked on the training patches.",
     "bn": "k-NN mIoU on BatchNorm-standardised features (training mean and variance).",
+    "linear_bn": "Linear-probe mIoU on BatchNorm-standardised features (training mean and variance).",
+    "best_removed": "mIoU on val with the top-m dims removed, m chosen on held-out training images (never on val).",
+    "best_m": ("m of the k-NN's best top-m removal on a seeded quarter of the training images held out "
+               "(gallery: the rest; ties: smallest m): val is never used to choose it."),
+    "dvt": "mIoU on the DVT-denoised features (the dvt study's denoiser applied to train and val).",
+    "seconds_per_image": ("Seconds to apply the post-processor to one val image's patch features (DVT: the "
+                          "denoiser's forward), measured on this run's machine: machine-dependent, no interval."),
+    "dvt_artifact_share": ("DVT stage 1's ||G|| / ||y||: norm of the position artifact G over that of the raw "
+                           "features y, pooled over its training tiles (interval over those training images)."),
     "variance_share_top10": "Share of the summed per-dimension variance of val patch features in the 10 largest.",
     "variance_share_top200": "Share of the summed per-dimension variance of val patch features in the 200 largest.",
     "high_norm_share": "Share of val patch tokens (last layer, after the final norm) with norm > Q3 + 3 IQR of train norms.",
@@ -48,22 +57,34 @@ def _mean_miou(rows: pd.DataFrame, **match: str) -> pd.DataFrame:
     return sel
 
 
+#: Post-processor levels of the card's own rows -> their names on the card.
+POST_PROCESSORS = {"raw": "raw", "best_m_removed": "best-m removed", "bn_standardised": "BatchNorm-standardised",
+                   "dvt": "DVT"}
+#: (probe, level) -> definition key of the card's mIoU rows (``top<m>_removed``: ``top_removed``).
+_MIOU_KEYS = {("knn", "raw"): "knn_miou", ("linear", "raw"): "linear_miou", ("knn", "bn_standardised"): "bn",
+              ("linear", "bn_standardised"): "linear_bn", **{(p, "best_m_removed"): "best_removed" for p in ("knn", "linear")},
+              **{(p, "dvt"): "dvt" for p in ("knn", "linear")}}
+
+
 def _own(rows: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for r in rows[rows["experiment"] == "card"].to_dict("records"):
-        if r["probe"] == "linear":
-            name, key, section = "linear, raw", "linear_miou", "post-processors"
-        elif r["probe"] == "knn":
-            level = str(r["level"])
+        level = "" if pd.isna(r["level"]) else str(r["level"])
+        if r["probe"] in ("knn", "linear"):
+            probe = "k-NN" if r["probe"] == "knn" else "linear"
             m = re.fullmatch(r"top(\d+)_removed", level)
-            name, key = ((f"k-NN, top-{m.group(1)} removed", "top_removed") if m else
-                         ("k-NN, BatchNorm-standardised", "bn") if level == "bn_standardised" else
-                         ("k-NN, raw", "knn_miou"))
+            name = f"{probe}, top-{m.group(1)} removed" if m else f"{probe}, {POST_PROCESSORS[level]}"
+            key = "top_removed" if m else _MIOU_KEYS[(r["probe"], level)]
             section = "post-processors"
+        elif r["metric"] == "seconds_per_image":
+            name, key, section = f"cost, {POST_PROCESSORS[level]}", "seconds_per_image", "cost"
+        elif r["metric"] == "best_m":
+            name, key, section = "best m (held-out train images)", "best_m", "selection"
         else:
             name, key, section = str(r["metric"]), str(r["metric"]), "diagnostics"
         out.append(_entry(section, name, r["value"], "card", DEFINITIONS[key], r["lo"], r["hi"], r["n_units"]))
-    return out
+    order = ["post-processors", "selection", "cost", "diagnostics"]  # within post-processors: k-NN, then linear
+    return sorted(out, key=lambda e: (order.index(e["section"]), e["name"].startswith("linear")))
 
 
 def _read(rows: pd.DataFrame, main_train_set: str) -> list[dict[str, Any]]:

@@ -12,6 +12,11 @@ def checkpoint_path(config: Mapping[str, Any], results: str, model: str) -> str:
     return config["dvt"]["checkpoints"].get(model) or f"{results}/dvt/stage2/{model}.pt"
 
 
+def stage1_path(results: str, model: str) -> str:
+    """The gathered stage-1 file of ``model`` (``denoise.stage1_files``): what stage 2, fig_dvt and the card read."""
+    return f"{results}/dvt/stage1/{model}.npz"
+
+
 def stage1_sources(
     config: Mapping[str, Any], results: str, datasets: Sequence[str], root_of: Callable[[str], str]
 ) -> list[dict[str, Any]]:
