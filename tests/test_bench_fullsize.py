@@ -103,11 +103,11 @@ def test_gpu_costs_from_a_results_json(fullsize):
         "knn": {"status": "ok", "figures": {"fp32_tflops": 40.0}},
         "linear": {"status": "ok", "figures": {"epochs_per_s": 4.0, "rows": 400_000}},
     }}
-    costs, sources = fullsize.gpu_costs(results, gaps=30)
+    costs, sources = fullsize.gpu_costs(results, gaps=30, stage1=(30.6, "paper"))
     assert costs["forward_tile_s"] == pytest.approx(1 / 2000)
     assert costs["knn_s_per_gflop"] == pytest.approx(1 / 40e3)
     assert costs["linear_s_per_100k_epoch"] == pytest.approx(1 / 4 / 4)
     assert sources["forward_tile_s"].startswith("measured")
-    estimated, sources = fullsize.gpu_costs(None, gaps=30)
+    estimated, sources = fullsize.gpu_costs(None, gaps=30, stage1=(30.6, "paper"))
     assert estimated["knn_s_per_gflop"] == pytest.approx(1 / (66.9e3 * fullsize.EFFICIENCY["fp32"]))
     assert "not measured" in sources["knn_s_per_gflop"]
