@@ -27,7 +27,9 @@
    else the H100 datasheet at ``EFFICIENCY``: an estimate, not a measurement).
 
 Parts: ``fullsize_work.py`` (1), ``fullsize_costs.py`` (2), ``fullsize_memory.py``
-(3), ``fullsize_dvt.py`` (everything DVT), this file (4, the report, ``main``).
+(3), ``fullsize_dvt.py`` (everything DVT), ``fullsize_card.py`` (the card's own
+diagnostics: a ``card`` line per model, its cost beyond the experiments it
+reads on one H100), this file (4, the report, ``main``).
 
 Prints the markdown report; ``--out DIR`` also writes ``projection.json`` and
 ``projection.md``. About 6 minutes on 2 quiet cores (``--quick``: smaller
@@ -54,6 +56,7 @@ from fullsize_costs import (  # noqa: E402,F401  (EFFICIENCY: re-exported for te
     EFFICIENCY, GOAL_GPU_S, REFERENCE_GPU, cpu_costs, gpu_costs, measure_decode, measure_forward, measure_knn,
     measure_linear, measure_write, synthetic_patches, write_cityscapes,
 )
+import fullsize_card  # noqa: E402  (the card's own diagnostics: per-part CPU cost, projected)
 from fullsize_dvt import fullsize_lines, fullsize_stage1, stage1_tile_costs  # noqa: E402
 from fullsize_memory import extrapolate, memory_table  # noqa: E402
 from fullsize_work import (  # noqa: E402,F401  (re-exported: the tests count work through this module)
@@ -236,6 +239,7 @@ def assemble(work: Work, model: str, measured: Mapping[str, Any], memory: list, 
                               if s.dataset == "cityscapes" and s.variant in ("clean", FULL))
                   + f"), {len(work.feature_files(work.models()))} in the whole study"),
         "memory": memory, "largest": dict(work.largest), "dvt_stage1": stage1,
+        "card": fullsize_card.project(work, measured["card"], gpu) if "card" in measured else {},
     }
 
 
@@ -252,7 +256,8 @@ def measure(tmp: Path, work: Work, quick: bool, n_train: int) -> tuple[dict[str,
     linear_rows, epochs = (100_000, 1) if quick else (200_000, 2)
     linear = measure_linear(gallery[:linear_rows], labels[:linear_rows], epochs)
     del gallery, labels
-    return {"forward_batch": batch, "forward_tile_s": forward, "decode_s": decode, "knn_queries": n_query,
+    card = fullsize_card.time_parts(tmp / "card", quick, list(work.config["variance"]["removed_dims"]))
+    return {"card": card, "forward_batch": batch, "forward_tile_s": forward, "decode_s": decode, "knn_queries": n_query,
             "knn_gallery": main.rows, "knn_s": knn_s, "knn_gflops": gflops, "linear_rows": linear_rows,
             "linear_epochs": epochs, "linear_s_per_100k_epoch": linear}, root
 
@@ -286,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dvt_json = json.loads(args.dvt_json.read_text()) if args.dvt_json else None
     data = assemble(work, args.model, measured, memory, gpu_json, str(args.config.name), dvt_json)
     data.update(load_before=load_before, load_after=_load(), bench_s=time.monotonic() - start)
-    text = "\n".join([report(data), *fullsize_lines(data["dvt_stage1"])])
+    card = fullsize_card.card_lines(data["card"], measured["card"], data["gpu_sources"]["knn_s_per_gflop"])
+    text = "\n".join([report(data), *fullsize_lines(data["dvt_stage1"]), *card])
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
