@@ -15,8 +15,10 @@
    full-size 1024x2048 Cityscapes PNG (clean and frequency noise, the
    costliest variant); the 1-NN at the real 451,584-row gallery width (a
    slice of the 188,160 queries, scaled by FLOPs: the search is one GEMM per
-   block); a linear-probe epoch. Tracking and DVT stage 1 are too slow to
-   measure here: their figures come from ``bench/RESULTS.md``.
+   block); a linear-probe epoch; the card's own diagnostics part by part
+   (``fullsize_card.py``). Tracking and DVT stage 1 are too slow to measure
+   here: their figures come from ``bench/RESULTS.md`` (stage 1: from
+   ``--dvt-json`` / ``--gpu-json`` where given).
 3. **Peak RSS of every stage at full size**, each in a fresh process at n and
    2n images: extraction (``vitlocal.features`` pipeline, synthetic full-size
    Cityscapes in the official layout), the 1-NN and the linear probe (on the
@@ -32,8 +34,8 @@ diagnostics: a ``card`` line per model, its cost beyond the experiments it
 reads on one H100), this file (4, the report, ``main``).
 
 Prints the markdown report; ``--out DIR`` also writes ``projection.json`` and
-``projection.md``. About 6 minutes on 2 quiet cores (``--quick``: smaller
-measurements, about 3 minutes).
+``projection.md``. About 8 minutes on 2 quiet cores (``--quick``: smaller
+measurements, about 4 minutes; the card's part ~2 min / ~30 s of it).
 """
 
 from __future__ import annotations
