@@ -20,7 +20,7 @@ Tile seconds = views + fixed + steps x per-step (per tile: batched runs divide
 by ``B``). Prints ``stage-1 tiles/hour: batched N vs one-at-a-time M (ratio R)``
 per device, writes ``dvt.json`` to ``--out``. ``bench/gpu.py`` calls
 :func:`bench` as its ``dvt`` section; ``bench/fullsize.py`` projects stage 1
-with :func:`stage1_projection` from these figures. Quick mode: under 5
+from these figures (``fullsize_dvt.stage1_projection``). Quick mode: under 5
 minutes of wall time on two quiet cores (about a minute of CPU time).
 """
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -44,7 +43,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "src"))
 
 from vitlocal.denoise import stage1  # noqa: E402
-from vitlocal.denoise.settings import RUNTIME_MARGIN, STARTUP_SECONDS, split_stage1_config  # noqa: E402
+from vitlocal.denoise.settings import split_stage1_config  # noqa: E402
 from vitlocal.models.extractor import build_extractor  # noqa: E402
 from vitlocal.models.registry import resolve  # noqa: E402
 
@@ -53,8 +52,6 @@ DIM, GRID, INPUT = 768, (14, 14), 224
 #: The batched fit, ``denoise_images(tiles, encode, *, mean, std, input_size, grid, settings, seeds, device)``
 #: (issue 20 §1), where stage1.py has it; else only the one-at-a-time path is timed.
 BATCHED: Callable[..., Any] | None = getattr(stage1, "denoise_images", None)
-#: Stage 1 as planned before this benchmark (bench/fullsize.py's old figure): the DVT paper's ~30 GPU-s a tile.
-PAPER_GPU_S_PER_TILE = 30.0
 #: Sizes per mode: step counts (s1, s2), tiles per batched call, views per ViT batch.
 SIZES = {
     ("cpu", True): {"steps": (2, 6), "tiles": 2, "view_batch": 4},
@@ -176,37 +173,6 @@ def summary_line(figures: Mapping[str, Any]) -> str:
             f" on {figures['device']}, load average {figures['load'][0]:.1f} -> {figures['load'][1]:.1f}")
 
 
-def best_tile_seconds(figures: Mapping[str, Any]) -> tuple[float, str]:
-    """The faster of the measured paths (batched when timed), and which."""
-    timed = {k: figures[k]["tile_s"] for k in ("batched", "one_at_a_time") if "tile_s" in figures.get(k, {})}
-    best = min(timed, key=timed.get)
-    return timed[best], best
-
-
-def stage1_projection(tile_s: float, *, tiles_per_model: int, models: int, tiles_per_job: int,
-                      gpus: Sequence[int] = (1, 8)) -> dict[str, Any]:
-    """Stage 1 of the preset at ``tile_s`` device seconds a tile: device-hours and wall time on ``gpus`` devices.
-
-    Shards (``tiles_per_job`` tiles, each paying ``STARTUP_SECONDS`` once) run
-    ``n`` at a time on ``n`` devices; the wall time is the longest device's
-    queue (shards dealt round-robin, largest first).
-    """
-    shard_tiles = []
-    for _ in range(models):
-        full, rest = divmod(tiles_per_model, tiles_per_job)
-        shard_tiles += [tiles_per_job] * full + ([rest] if rest else [])
-    shard_s = sorted((STARTUP_SECONDS + n * tile_s for n in shard_tiles), reverse=True)
-    out = {"tile_s": tile_s, "tiles": models * tiles_per_model, "shards": len(shard_s),
-           "device_hours": sum(shard_s) / 3600, "fit_hours": models * tiles_per_model * tile_s / 3600,
-           "shard_runtime_min": math.ceil(max(shard_s) * RUNTIME_MARGIN / 60), "wall_hours": {}}
-    for n in gpus:
-        queues = [0.0] * n
-        for s in shard_s:
-            queues[queues.index(min(queues))] += s
-        out["wall_hours"][n] = max(queues) / 3600
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps and tiles: under 5 minutes on a CPU")
@@ -235,50 +201,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
-
-
-# ---- used by bench/fullsize.py --------------------------------------------------------------------------
-
-
-def measured_tile_seconds(gpu_json: Mapping[str, Any] | None, dvt_json: Mapping[str, Any] | None
-                          ) -> dict[str, tuple[float, str]]:
-    """``{"cpu"|"gpu": (seconds per tile, where from)}`` from bench/dvt.py's ``dvt.json`` and bench/gpu.py's
-    ``dvt`` section (a device missing from both is left out)."""
-    found: dict[str, tuple[float, str]] = {}
-    for name, figures in (dvt_json or {}).get("devices", {}).items():
-        seconds, path = best_tile_seconds(figures)
-        found["gpu" if name.startswith("cuda") else "cpu"] = (seconds, f"bench/dvt.py, {path}, {figures['device']}")
-    section = (gpu_json or {}).get("sections", {}).get("dvt", {})
-    if section.get("status") == "ok":
-        seconds, path = best_tile_seconds(section["figures"])
-        found["gpu"] = (seconds, f"bench/gpu.py dvt section, {path}, {section['figures']['device']}")
-    return found
-
-
-def fullsize_stage1(config: Mapping[str, Any], gpu_json: Mapping[str, Any] | None,
-                    dvt_json: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Stage 1 of ``config`` at the DVT paper's 30 GPU-s a tile and at each measured cost, on 1 and 8 devices."""
-    dvt = config["dvt"]
-    shard = split_stage1_config(dvt.get("stage1", {}))[1]
-    plan = dict(tiles_per_model=int(dvt["stage1_tiles"]) * len(dvt["stage1_subsets"]), models=len(dvt["models"]),
-                tiles_per_job=shard.tiles_per_job)
-    rows = {"DVT paper's ~30 GPU-s a tile (the projection before)": stage1_projection(PAPER_GPU_S_PER_TILE, **plan)}
-    for device, (seconds, source) in measured_tile_seconds(gpu_json, dvt_json).items():
-        rows[f"measured, {device}: {source}"] = stage1_projection(seconds, **plan)
-    return {"plan": plan, "rows": rows}
-
-
-def fullsize_lines(stage1_data: Mapping[str, Any]) -> list[str]:
-    """The report section of :func:`fullsize_stage1`."""
-    plan = stage1_data["plan"]
-    lines = ["## DVT stage 1 (bench/dvt.py)", "",
-             (f"{plan['models']} models x {plan['tiles_per_model']:,} tiles, shards of {plan['tiles_per_job']} "
-              f"tiles (dvt.stage1.tiles_per_job), {STARTUP_SECONDS} s start-up a shard."), "",
-             "| per-tile cost | s / tile | shards | device-hours | wall, 1 device | wall, 8 devices |",
-             "|---|---|---|---|---|---|"]
-    for name, row in stage1_data["rows"].items():
-        wall = row["wall_hours"]
-        lines.append(f"| {name} | {row['tile_s']:,.1f} | {row['shards']} | {row['device_hours']:,.1f} h "
-                     f"(fit alone {row['fit_hours']:,.1f} h) | {wall[1]:,.1f} h | {wall[8]:,.2f} h |")
-    return [*lines, "", ("CPU rows are one process on this machine's cores (core-hours, not GPU-hours); "
-                         "wall time: shards dealt to the devices largest first."), ""]

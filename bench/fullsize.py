@@ -15,8 +15,10 @@
    full-size 1024x2048 Cityscapes PNG (clean and frequency noise, the
    costliest variant); the 1-NN at the real 451,584-row gallery width (a
    slice of the 188,160 queries, scaled by FLOPs: the search is one GEMM per
-   block); a linear-probe epoch. Tracking and DVT stage 1 are too slow to
-   measure here: their figures come from ``bench/RESULTS.md``.
+   block); a linear-probe epoch; the card's own diagnostics part by part
+   (``fullsize_card.py``). Tracking and DVT stage 1 are too slow to measure
+   here: their figures come from ``bench/RESULTS.md`` (stage 1: from
+   ``--dvt-json`` / ``--gpu-json`` where given).
 3. **Peak RSS of every stage at full size**, each in a fresh process at n and
    2n images: extraction (``vitlocal.features`` pipeline, synthetic full-size
    Cityscapes in the official layout), the 1-NN and the linear probe (on the
@@ -27,11 +29,13 @@
    else the H100 datasheet at ``EFFICIENCY``: an estimate, not a measurement).
 
 Parts: ``fullsize_work.py`` (1), ``fullsize_costs.py`` (2), ``fullsize_memory.py``
-(3), ``fullsize_dvt.py`` (everything DVT), this file (4, the report, ``main``).
+(3), ``fullsize_dvt.py`` (everything DVT), ``fullsize_card.py`` (the card's own
+diagnostics: a ``card`` line per model, its cost beyond the experiments it
+reads on one H100), this file (4, the report, ``main``).
 
 Prints the markdown report; ``--out DIR`` also writes ``projection.json`` and
-``projection.md``. About 6 minutes on 2 quiet cores (``--quick``: smaller
-measurements, about 3 minutes).
+``projection.md``. About 8 minutes on 2 quiet cores (``--quick``: smaller
+measurements, about 4 minutes; the card's part ~2 min / ~30 s of it).
 """
 
 from __future__ import annotations
@@ -50,11 +54,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_machine  # noqa: E402
-import dvt as dvt_bench  # noqa: E402  (bench/dvt.py: DVT stage 1 per-tile costs and its projection)
 from fullsize_costs import (  # noqa: E402,F401  (EFFICIENCY: re-exported for tests/test_bench_fullsize.py)
     EFFICIENCY, GOAL_GPU_S, REFERENCE_GPU, cpu_costs, gpu_costs, measure_decode, measure_forward, measure_knn,
     measure_linear, measure_write, synthetic_patches, write_cityscapes,
 )
+import fullsize_card  # noqa: E402  (the card's own diagnostics: per-part CPU cost, projected)
+from fullsize_dvt import fullsize_lines, fullsize_stage1, stage1_tile_costs  # noqa: E402
 from fullsize_memory import extrapolate, memory_table  # noqa: E402
 from fullsize_work import (  # noqa: E402,F401  (re-exported: the tests count work through this module)
     BASE_TILE_GFLOP, EXPERIMENTS, PLANNERS, PROJECT, STAGES, TRACK_VIDEO_CPU_S, Work,
@@ -209,12 +214,14 @@ def _load() -> str:
 
 
 def assemble(work: Work, model: str, measured: Mapping[str, Any], memory: list, gpu_json: Mapping | None,
-             config_name: str) -> dict[str, Any]:
-    """Everything the report shows, as one JSON-able dict."""
+             config_name: str, dvt_json: Mapping | None = None) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-able dict (DVT stage 1's tables and lines: one projection)."""
     scopes = {f"one model ({model})": {model}, "whole study": work.models()}
     units = {name: work.count(models) for name, models in scopes.items()}
-    cpu = cpu_costs(measured)
-    gpu, sources = gpu_costs(gpu_json, len(work.config["tracking"]["gaps"]))
+    stage1 = fullsize_stage1(work.config, gpu_json, dvt_json)
+    stage1_costs = stage1_tile_costs(stage1)
+    cpu = cpu_costs(measured, stage1_costs["cpu"][0])
+    gpu, sources = gpu_costs(gpu_json, len(work.config["tracking"]["gaps"]), stage1_costs["gpu"])
     workers = work.config["extraction"]["num_workers"]
     host = {s: host_seconds(u, cpu, workers) for s, u in units.items()}
     no_dvt = {s: {k: v for k, v in u.items() if not k.startswith("dvt_stage")} for s, u in units.items()}
@@ -233,7 +240,8 @@ def assemble(work: Work, model: str, measured: Mapping[str, Any], memory: list, 
                   + ", ".join(f"{s.subset}/{s.variant} {s.rows:,} rows" for s in shapes.values()
                               if s.dataset == "cityscapes" and s.variant in ("clean", FULL))
                   + f"), {len(work.feature_files(work.models()))} in the whole study"),
-        "memory": memory, "largest": dict(work.largest),
+        "memory": memory, "largest": dict(work.largest), "dvt_stage1": stage1,
+        "card": fullsize_card.project(work, measured["card"], gpu) if "card" in measured else {},
     }
 
 
@@ -250,7 +258,8 @@ def measure(tmp: Path, work: Work, quick: bool, n_train: int) -> tuple[dict[str,
     linear_rows, epochs = (100_000, 1) if quick else (200_000, 2)
     linear = measure_linear(gallery[:linear_rows], labels[:linear_rows], epochs)
     del gallery, labels
-    return {"forward_batch": batch, "forward_tile_s": forward, "decode_s": decode, "knn_queries": n_query,
+    card = fullsize_card.time_parts(tmp / "card", quick, list(work.config["variance"]["removed_dims"]))
+    return {"card": card, "forward_batch": batch, "forward_tile_s": forward, "decode_s": decode, "knn_queries": n_query,
             "knn_gallery": main.rows, "knn_s": knn_s, "knn_gflops": gflops, "linear_rows": linear_rows,
             "linear_epochs": epochs, "linear_s_per_100k_epoch": linear}, root
 
@@ -281,11 +290,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         memory = memory_table(root, tmp, measured["knn_gallery"], n_images, 256 if args.quick else 1024)
         print(f"measured peak memory in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
         measured.update(measure_write(tmp / f"rss{n_images}.parquet", tmp / "write.parquet", 4 // n_images))
-    data = assemble(work, args.model, measured, memory, gpu_json, str(args.config.name))
-    data.update(load_before=load_before, load_after=_load(), bench_s=time.monotonic() - start)
     dvt_json = json.loads(args.dvt_json.read_text()) if args.dvt_json else None
-    data["dvt_stage1"] = dvt_bench.fullsize_stage1(config, gpu_json, dvt_json)
-    text = "\n".join([report(data), *dvt_bench.fullsize_lines(data["dvt_stage1"])])
+    data = assemble(work, args.model, measured, memory, gpu_json, str(args.config.name), dvt_json)
+    data.update(load_before=load_before, load_after=_load(), bench_s=time.monotonic() - start)
+    card = fullsize_card.card_lines(data["card"], measured["card"], data["gpu_sources"]["knn_s_per_gflop"])
+    text = "\n".join([report(data), *fullsize_lines(data["dvt_stage1"]), *card])
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

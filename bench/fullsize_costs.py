@@ -137,8 +137,9 @@ def measure_linear(x: np.ndarray, y: np.ndarray, epochs: int) -> float:
     return (time.perf_counter() - start) / epochs / (len(x) / 1e5)
 
 
-def cpu_costs(m: Mapping[str, Any]) -> dict[str, float]:
-    """Per-unit CPU costs: measured ones, the RESULTS.md ones, and the DVT stage-2 ones derived by FLOPs."""
+def cpu_costs(m: Mapping[str, Any], stage1_s: float) -> dict[str, float]:
+    """Per-unit CPU costs: measured ones, the RESULTS.md ones, DVT stage 1 at ``stage1_s`` a tile
+    (``fullsize_dvt.stage1_tile_costs``) and the DVT stage-2 ones derived by FLOPs."""
     forward_s = m["forward_tile_s"]
     return {
         "forward_tile_s": forward_s,
@@ -148,7 +149,7 @@ def cpu_costs(m: Mapping[str, Any]) -> dict[str, float]:
         "knn_s_per_gflop": 1 / m["knn_gflops"],
         "linear_s_per_100k_epoch": m["linear_s_per_100k_epoch"],
         "tracking_s_per_frame": TRACK_VIDEO_CPU_S / BDD_FRAMES_PER_VIDEO,
-        **dvt_cpu_costs(forward_s),
+        **dvt_cpu_costs(forward_s, stage1_s),
     }
 
 
@@ -158,8 +159,10 @@ def cpu_costs(m: Mapping[str, Any]) -> dict[str, float]:
 # =============================================================================== per-unit costs (GPU)
 
 
-def gpu_costs(results: Mapping[str, Any] | None, gaps: int) -> tuple[dict[str, float], dict[str, str]]:
-    """Per-unit GPU costs and where each comes from: bench/gpu.py results where given, else the datasheet."""
+def gpu_costs(results: Mapping[str, Any] | None, gaps: int, stage1: tuple[float, str]
+              ) -> tuple[dict[str, float], dict[str, str]]:
+    """Per-unit GPU costs and where each comes from: bench/gpu.py results where given, else the datasheet;
+    DVT stage 1 is ``(seconds a tile, source)`` of ``fullsize_dvt.stage1_tile_costs``."""
     sections = (results or {}).get("sections", {})
     fig = {name: s.get("figures", {}) for name, s in sections.items() if s.get("status") == "ok"}
     bf16, _, fp32 = DATASHEET[REFERENCE_GPU]
@@ -186,7 +189,7 @@ def gpu_costs(results: Mapping[str, Any] | None, gaps: int) -> tuple[dict[str, f
     else:
         linear = 1e5 / 4096 * GPU_STEP_FLOOR_S
         source["linear_s_per_100k_epoch"] = f"estimate: {GPU_STEP_FLOOR_S * 1e3:.0f} ms per 4096-row Adam step (launch-bound)"
-    dvt_costs, dvt_sources = dvt_gpu_costs(forward)
+    dvt_costs, dvt_sources = dvt_gpu_costs(forward, stage1)
     return {
         "forward_tile_s": forward,
         "decode_s_per_mp": 0.0,  # host stages, overlapped with the forward: see host_seconds

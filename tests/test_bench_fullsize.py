@@ -103,11 +103,33 @@ def test_gpu_costs_from_a_results_json(fullsize):
         "knn": {"status": "ok", "figures": {"fp32_tflops": 40.0}},
         "linear": {"status": "ok", "figures": {"epochs_per_s": 4.0, "rows": 400_000}},
     }}
-    costs, sources = fullsize.gpu_costs(results, gaps=30)
+    costs, sources = fullsize.gpu_costs(results, gaps=30, stage1=(30.6, "paper"))
     assert costs["forward_tile_s"] == pytest.approx(1 / 2000)
     assert costs["knn_s_per_gflop"] == pytest.approx(1 / 40e3)
     assert costs["linear_s_per_100k_epoch"] == pytest.approx(1 / 4 / 4)
     assert sources["forward_tile_s"].startswith("measured")
-    estimated, sources = fullsize.gpu_costs(None, gaps=30)
+    estimated, sources = fullsize.gpu_costs(None, gaps=30, stage1=(30.6, "paper"))
     assert estimated["knn_s_per_gflop"] == pytest.approx(1 / (66.9e3 * fullsize.EFFICIENCY["fp32"]))
     assert "not measured" in sources["knn_s_per_gflop"]
+
+
+def test_card_projection_scales_the_measured_parts_and_counts_its_searches(work):
+    """The card line: CPU parts at the ViT-B reference for dino, scaled by rows (and width^2 for the ridge) for
+    DINOv2's 16 x 16 patches; GPU parts: raw, each top-m removal and BatchNorm searches plus one linear probe."""
+    sys.path.insert(0, str(PROJECT / "bench"))
+    try:
+        card = importlib.import_module("fullsize_card")
+    finally:
+        sys.path.remove(str(PROJECT / "bench"))
+    measured = {"dim": 768, "reference_s": {part: 1.0 for part in card.CPU_PARTS}}
+    gpu = {"knn_s_per_gflop": 1e-3, "linear_s_per_100k_epoch": 0.5}
+    out = card.project(work, measured, gpu)
+    dino, dinov2 = out["dino"], out["dinov2"]
+    assert dino["cpu_s"] == {part: pytest.approx(1.0) for part in card.CPU_PARTS}
+    removed = [m for m in yaml.safe_load((PROJECT / "config.yaml").read_text())["variance"]["removed_dims"]
+               if 0 < m < 768]
+    searched_dims = 768 + sum(768 - m for m in removed) + 768
+    assert dino["units"]["knn_gflop"] == pytest.approx(2 * 451_584 * 188_160 * searched_dims / 1e9)
+    assert dino["gpu_s"]["linear"] == pytest.approx(451_584 * 100 / 1e5 * 0.5)
+    assert dinov2["cpu_s"]["ridge"] == pytest.approx(256 / 196) and dinov2["cpu_s"]["bootstrap"] == 1.0
+    assert dino["total_s"] == pytest.approx(len(card.CPU_PARTS) + sum(dino["gpu_s"].values()))
