@@ -32,6 +32,7 @@ work and the bootstrap). Quick mode: under 2 minutes on 2 loaded cores.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import tempfile
@@ -169,10 +170,12 @@ def project(work: Work, measured: Mapping[str, Any], gpu: Mapping[str, float]) -
         scale = {"rows": rows * width, "train": train.rows / (TRAIN_IMAGES * PATCHES) * width**2,
                  "val_rows": val.rows / (VAL_IMAGES * PATCHES) * width, "fixed": val.images / VAL_IMAGES}
         cpu = {p: measured["reference_s"][p] * scale[SCALING[p]] for p in CPU_PARTS}
-        units = dict.fromkeys(("knn_gflop", "linear_100k_epochs"), 0.0)
+        units = collections.defaultdict(float)
         PLANNERS["card"](work, inputs, model, units)
         device = {"knn": units["knn_gflop"] * gpu["knn_s_per_gflop"],
                   "linear": units["linear_100k_epochs"] * gpu["linear_s_per_100k_epoch"]}
+        if units["dvt_denoise_tiles"]:  # the DVT post-processor's timed pass (a model of dvt.models)
+            device["dvt_denoise"] = units["dvt_denoise_tiles"] * gpu["dvt_denoise_s_per_tile"]
         out[model] = {"cpu_s": cpu, "gpu_s": device, "units": {k: units[k] for k in ("knn_gflop", "linear_100k_epochs")},
                       "total_s": sum(cpu.values()) + sum(device.values()), "dim": train.dim,
                       "rows": {"train": train.rows, "val": val.rows}}
