@@ -86,3 +86,27 @@ def test_rejects_bad_labels_and_settings() -> None:
         train_linear_probe(x, np.where(y == 1, 7, y), 5, device="cpu")
     with pytest.raises(ValueError, match="optimizer='lbfgs'"):
         train_linear_probe(x, y, 5, optimizer="lbfgs", device="cpu")
+
+
+def test_learning_rate_follows_the_cosine_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """lr_t = lr / 2 (1 + cos(pi t / T)) over all T = epochs x batches steps, from lr towards 0."""
+    seen = []
+    original = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step",
+                        lambda self, *a, **k: seen.append(self.param_groups[0]["lr"]) or original(self, *a, **k))
+    x, y = _problem(n=40)
+    train_linear_probe(x, y, 5, epochs=3, batch_size=20, lr=0.1, seed=0, device="cpu")  # 2 batches x 3 epochs
+    expected = [0.1 * 0.5 * (1 + np.cos(np.pi * t / 6)) for t in range(6)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+
+
+def test_batchnorm_predictions_use_the_training_statistics() -> None:
+    """At prediction BatchNorm holds the statistics stored in training, whatever the val batch's own."""
+    x, y = _problem(n=1000)
+    probe, _ = train_linear_probe(x, y, 5, batchnorm=True, seed=0, **FAST)
+    shifted = x[:200] * 2.0 + 1.0  # a val set whose mean and variance differ from the training set's
+    bn, lin = probe.norm, probe.linear
+    with torch.no_grad():
+        z = (torch.from_numpy(shifted) - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+        expected = (z @ lin.weight.T + lin.bias).argmax(dim=1).numpy()
+    np.testing.assert_array_equal(predict(probe, shifted), expected)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.neighbors import KNeighborsClassifier
+import torch
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 from test_segmentation_eval import manual_scores, tiny_cityscapes, write_dataset_features
 from vitlocal.datasets import ade20k, cityscapes
@@ -15,6 +17,7 @@ from vitlocal.errors import ConfigError
 from vitlocal.evaluation import segmentation as seg
 from vitlocal.studies.probing import compute as probing
 from vitlocal.studies.probing.qualitative import qualitative_predictions
+from vitlocal.probes.linear import train_linear_probe
 from vitlocal.probes.metrics import iou_per_class, mean_iou
 from vitlocal.reproduction import read_results
 from vitlocal.synthetic import generate
@@ -94,10 +97,12 @@ def test_degradation_rows_train_the_linear_probe_once(cs, monkeypatch):
     target, files = cs
     calls = []
     original = seg.train_linear
-    monkeypatch.setattr(seg, "train_linear", lambda *a, **k: calls.append(k) or original(*a, **k))
+    monkeypatch.setattr(seg, "train_linear", lambda *a, **k: calls.append((a, k)) or original(*a, **k))
     vals = {"clean": files["val"], "blur-4": files["blur-4"], "noise-20": files["noise-20"]}
     rows = probing.degradation_rows("mae", files["set4"], vals, target=target, probes=PROBES)
-    assert len(calls) == 1 and calls[0]["batchnorm"] is True  # mae is in batchnorm_models
+    assert len(calls) == 1 and calls[0][1]["batchnorm"] is True  # mae is in batchnorm_models
+    # Trained on the labelled patches of the clean *training* set (set4), never on a val set.
+    np.testing.assert_array_equal(calls[0][0][0].x, seg.labelled(seg.load_split(files["set4"], 12)).x)
     _check_rows(rows, 2 * 4)  # (clean, variant) x 2 kinds x 2 probes
     levels = rows.groupby("experiment")["level"].agg(set).to_dict()
     assert levels == {"degradation_blur": {"blur-0", "blur-4"}, "degradation_noise": {"noise-0", "noise-20"}}
@@ -139,6 +144,12 @@ def test_ade20k_rows_leave_absent_classes_out(tmp_path):
         iou = group.loc[group["metric"] == "iou", "value"].to_numpy()
         assert np.isnan(iou[~present]).all() and not np.isnan(iou[present]).any()
         assert group.loc[group["metric"] == "miou", "value"].item() == pytest.approx(iou[present].mean())
+    # Independent reference: scikit-learn's 1-NN (Euclidean) over the labelled *training* patches.
+    train, val = seg.labelled(seg.load_split(paths["training"], 12)), seg.load_split(paths["validation"], 12)
+    ref = KNeighborsClassifier(n_neighbors=1).fit(train.x, train.labels).predict(val.x)
+    cm = manual_scores(val, ref, "ade20k", root, target.manifest, tiling, 150)
+    knn = rows[(rows["probe"] == "knn") & (rows["metric"] == "miou")]
+    assert knn["value"].item() == pytest.approx(iou_per_class(cm)[present].mean())
 
 
 def test_class_group_miou():
@@ -179,3 +190,38 @@ def test_qualitative_predictions(cs, tmp_path):
     assert knn.dtype == np.uint8 and knn.shape == (32, 64)
     valid = resize_nearest_exact(true, (32, 64)) != 255
     assert (knn[valid] == resize_nearest_exact(true, (32, 64))[valid]).mean() > 0.95
+
+
+def _vote_nearest_first(labels: np.ndarray) -> np.ndarray:
+    """Most frequent label per row (nearest first); ties go to the tied label seen first."""
+    return np.array([max(row.tolist(), key=lambda c, r=row.tolist(): (r.count(c), -r.index(c))) for row in labels])
+
+
+def test_knn_k_of_the_settings_is_a_vote_of_the_k_nearest(cs):
+    target, files = cs
+    rows = probing.layerwise_rows("dino", files["set4"], files["val"], [11], target=target,
+                                  probes=dataclasses.replace(PROBES, knn_k=3))
+    # Reference: scikit-learn's 3 nearest (Euclidean) labelled set4 patches, majority vote written here.
+    train, val = seg.labelled(seg.load_split(files["set4"], 11)), seg.load_split(files["val"], 11)
+    labels = train.labels[NearestNeighbors(n_neighbors=3).fit(train.x).kneighbors(val.x, return_distance=False)]
+    ref = _vote_nearest_first(labels)
+    assert (ref != labels[:, 0]).mean() > 0.05  # layer 11 is noisy: 3-NN and 1-NN differ
+    cm = manual_scores(val, ref, "cityscapes", target.root, target.manifest, TILING, 19)
+    assert rows.loc[rows["metric"] == "miou", "value"].item() == pytest.approx(mean_iou(cm)[0])
+    assert json.loads(rows["settings"].iloc[0])["k"] == 3
+
+
+def test_fit_linear_uses_the_configured_seed(cs):
+    target, files = cs
+    train = seg.labelled(seg.load_split(files["set2"], 12))
+    probes = dataclasses.replace(PROBES, seed=3)
+    probe, settings = seg.fit_linear(train, "dino", target, probes)
+    assert settings["seed"] == 3
+    # Reference: the probe trained directly with seed 3 (deterministic on CPU), unlike seed 0.
+    direct, _ = train_linear_probe(train.x, train.labels, 19, epochs=5, lr=0.05, batch_size=1024, seed=3,
+                                   device="cpu")
+    other, _ = train_linear_probe(train.x, train.labels, 19, epochs=5, lr=0.05, batch_size=1024, seed=0,
+                                  device="cpu")
+    weight = probe.linear.weight.detach()
+    assert torch.equal(weight, direct.linear.weight.detach())
+    assert not torch.equal(weight, other.linear.weight.detach())

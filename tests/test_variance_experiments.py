@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from vitlocal.studies.variance.compute import (
     variance_spectrum_rows,
 )
 from vitlocal.features.store import FeatureWriter
+from vitlocal.io import read_label_map, write_png
 from vitlocal.probes.variance import random_dims
 from vitlocal.published import check_our_levels
 from vitlocal.reproduction import read_results
@@ -155,12 +157,15 @@ def test_bn_standardized_rows(data) -> None:
     assert _miou(rows, "bn_standardized", "knn", "") > _miou(rows, "variance_removal", "knn", "0") + 0.3
     # MAE's linear probe already has BatchNorm: the reference is the m=0 probe, not a second one.
     assert _miou(rows, "bn_standardized", "linear", "") == _miou(rows, "variance_removal", "linear", "0")
-    # A model without BatchNorm in its probe gets one trained for the reference.
+    # A model without BatchNorm in its probe gets one trained for the reference (its m = 0 probe has none).
     plain = dataclasses.replace(PROBES, batchnorm_models=())
-    rows = variance_removal_rows("mae", data["train"], data["val"], removed_dims=[], target=data["target"],
+    rows = variance_removal_rows("mae", data["train"], data["val"], removed_dims=[0], target=data["target"],
                                  probes=plain)
-    assert set(rows["experiment"]) == {"bn_standardized"}
-    assert json.loads(rows.loc[rows["probe"] == "linear", "settings"].iloc[0])["batchnorm"] is True
+    linear = rows[(rows["probe"] == "linear") & (rows["metric"] == "miou")].set_index("experiment")["settings"]
+    assert {k: json.loads(v)["batchnorm"] for k, v in linear.items()} == {"variance_removal": False,
+                                                                          "bn_standardized": True}
+    assert set(variance_removal_rows("mae", data["train"], data["val"], removed_dims=[], target=data["target"],
+                                     probes=PROBES)["experiment"]) == {"bn_standardized"}
     # Statistics of the labelled training patches standardise both splits (val's own noise stays).
     train, val = labelled(load_split(data["train"], LAYER)), load_split(data["val"], LAYER)
     mean, std = train.x.astype(np.float64).mean(axis=0), train.x.astype(np.float64).std(axis=0, ddof=1)
@@ -227,6 +232,8 @@ def _reference_r2(data, m: int, seed: int, alpha: float) -> dict[str, float]:
             for t in range(TILING.n_tiles):
                 r, c = divmod(t, TILING.cols)
                 tile = labels[16 * r:16 * (r + 1), 16 * c:16 * (c + 1)]
+                if (tile == 255).all():
+                    continue  # no labelled pixel: no class fraction to predict
                 fractions.append(tile)
                 hit = ((split.meta["sample_id"] == row["sample_id"]) & (split.meta["tile_id"] == t)
                        & (split.meta["patch_row"] == 2) & (split.meta["patch_col"] == 2)).to_numpy()
@@ -265,3 +272,22 @@ def test_r2_rows_match_sklearn_ridge(data) -> None:
     assert settings["n_train_tiles"] == 10 * TILING.n_tiles and settings["m"] == 5
     assert set(rows["class"]) == {"mean", *settings["target_classes"]} and len(settings["target_classes"]) == 3
     assert (rows["experiment"] == "r2").all() and (rows["probe"] == "ridge").all()
+
+
+def test_r2_rows_leave_out_tiles_without_a_labelled_pixel(data, tmp_path) -> None:
+    root = tmp_path / "cityscapes"
+    shutil.copytree(data["root"], root)
+    label_path = root / data["train_manifest"]["label_path"].iloc[0]
+    label_ids = read_label_map(label_path)
+    label_ids[:16, :16] = 0  # labelId 0 (unlabeled): tile 0 of the first training image is all void
+    write_png(label_path, label_ids)
+    _write_planted(tmp_path / "train.parquet", root, data["train_manifest"], "set4", seed=1)
+    void = {**data, "root": root, "train": tmp_path / "train.parquet",
+            "target": EvalTarget.load("cityscapes", root, data["target"].manifest)}
+    with pytest.warns(DimensionsWarning, match="using m=5"):
+        rows = r2_rows("mae", void["train"], void["val"], train_manifest=void["train_manifest"],
+                       target=void["target"], m=200, top_classes=3, alpha=0.5, seed=7)
+    assert json.loads(rows["settings"].iloc[0])["n_train_tiles"] == 10 * TILING.n_tiles - 1
+    mean = rows[rows["class"] == "mean"].set_index("level")["value"]
+    for level, value in _reference_r2(void, m=5, seed=7, alpha=0.5).items():
+        assert mean[level] == pytest.approx(value, rel=1e-6, abs=1e-9)
