@@ -8,7 +8,8 @@
   two jobs of each `--concurrent RULE` (DVT's stage-1 shards: a cluster
   spreads one model's stage 1);
 - every output of the SLURM run equals the local run's (feature tables by
-  content, CSV / TeX / PNG by bytes; PDFs carry their creation date).
+  content, CSV / TeX / PNG by bytes, DVT stage-1 files array by array but for
+  their measured seconds; PDFs carry their creation date).
 
     python .ci/slurm_check.py --log snakemake.log --results DIR --expected DIR
 """
@@ -16,12 +17,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 COMPARED = (".csv", ".tex", ".png", ".parquet", ".npz")
@@ -85,6 +88,22 @@ def most_concurrent(intervals: list[tuple[datetime, datetime]]) -> int:
     return best
 
 
+def without_timings(path: Path) -> dict[str, object]:
+    """A stage-1 ``.npz`` as ``{name: array}``, less what a clock measured (``seconds_*`` arrays and attrs)."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files if not name.startswith("seconds")}
+    if "attrs" in arrays:
+        attrs = json.loads(str(arrays["attrs"]))
+        arrays["attrs"] = {k: v for k, v in attrs.items() if not k.startswith("seconds")}
+    return arrays
+
+
+def same_npz(a: Path, b: Path) -> bool:
+    x, y = without_timings(a), without_timings(b)
+    return x.keys() == y.keys() and all(
+        x[k] == y[k] if k == "attrs" else np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f") for k in x)
+
+
 def output_differences(results: Path, expected: Path) -> tuple[int, list[str]]:
     compared, errors = 0, []
     for path in sorted(p for p in results.rglob("*") if p.suffix in COMPARED):
@@ -95,6 +114,9 @@ def output_differences(results: Path, expected: Path) -> tuple[int, list[str]]:
         elif path.suffix == ".parquet":
             if not pq.read_table(path).equals(pq.read_table(other)):
                 errors.append(f"{path.relative_to(results)}: feature table differs from the local run's")
+        elif path.suffix == ".npz":
+            if not same_npz(path, other):
+                errors.append(f"{path.relative_to(results)}: stage-1 arrays differ from the local run's")
         elif path.read_bytes() != other.read_bytes():
             errors.append(f"{path.relative_to(results)}: differs from the local run's")
     return compared, errors
