@@ -162,8 +162,11 @@ def extraction_demand():
 VIDEO_DATASETS = ("bdd100k", "mot17")
 
 
-def extract_params(dataset, model):
-    """The extraction settings of one (dataset, model) job: exactly what changes its files."""
+def extract_params(dataset, model, kind):
+    """The extraction settings of one (dataset, model, kind) job: exactly what changes its files."""
+    # Only degraded files read the frequency-noise settings (freqnoise-<i>).
+    frequency = ({"bands": config["degradations"]["frequency_bands"],
+                  "freq_sigma": config["degradations"]["frequency_noise_sigma"]} if kind == "degraded" else {})
     return dict(
         dataset=dataset,
         root=lambda wildcards: dataset_root(dataset),  # synthetic data: an input of the job
@@ -179,8 +182,7 @@ def extract_params(dataset, model):
         autocast=config["extraction"]["autocast"],
         patch_labels=config["patch_labels"],
         seed=config["seed"],
-        bands=config["degradations"]["frequency_bands"],
-        freq_sigma=config["degradations"]["frequency_noise_sigma"],
+        **frequency,
         # Only video frames are resized to it: other datasets do not read it, so it does not rerun them.
         frame_size=config["tracking"]["frame_size"] if dataset in VIDEO_DATASETS else None,
     )

@@ -29,7 +29,7 @@ for _job in EXTRACTION_JOBS:
             files=[{"subset": f.subset, "variant": f.variant, "layers": layers_for(_job.dataset, f.subset, _job.model, f.variant)}
                    for f in _job.files],
             manifests={s: LAYOUT.manifest(_job.dataset, s) for s in _job.subsets},
-            **extract_params(_job.dataset, _job.model),
+            **extract_params(_job.dataset, _job.model, _job.kind),
         threads: config["extraction"]["threads"]
         resources:
             gpu=1,

@@ -30,8 +30,8 @@ with rule_logging(snakemake.log[0]):  # noqa: F821 (injected by Snakemake); the 
         autocast=sm.params.autocast,
         patch_label_method=sm.params.patch_labels,
         seed=sm.params.seed,
-        bands=sm.params.bands,
-        freq_sigma=sm.params.freq_sigma,
+        # Degraded jobs only: the other files do not read them (the defaults are never used there).
+        **{key: getattr(sm.params, key) for key in ("bands", "freq_sigma") if hasattr(sm.params, key)},
         frame_size=sm.params.frame_size,
         data_source=sm.params.data_source,
         progress=True,  # tqdm on stderr: the terminal, or the cluster job log

@@ -121,6 +121,11 @@ CASES = {
         *runs("dvt_tracking", DVT)}),
     # the scene k-NN of Fig 5 only: not its feature job, not Table 4.
     "scene.train_fraction": ({"scene": {"train_fraction": 0.75}}, runs("scene_knn", DEMO["scene"]["models"])),
+    # frequency noise only: the degraded extraction jobs (Fig 3's, Fig 7's freqnoise-<i> files) and Fig 10's
+    # illustration; not the clean or transformed extraction, which never add frequency noise.
+    "degradations.frequency_noise_sigma": ({"degradations": {**DEMO["degradations"], "frequency_noise_sigma": 30}}, {
+        *{(f"extract_cityscapes_{m}_degraded",) for m in STUDY},
+        *{(f"extract_fair1m_{m}_degraded",) for m in DEMO["retrieval_models"]}, ("fig10",)}),
     # the DVT denoiser's training only.
     "dvt.stage2.lr": ({"dvt": {"stage2": {**DEMO["dvt"]["stage2"], "lr": 0.002}}},
                       {("dvt_stage2", m) for m in DVT}),

@@ -146,11 +146,12 @@ def feature_attrs(
         "grid": list(source.grid),
         "patch_labels": patch_label_method,
         "seed": seed,
-        "frequency_bands": [list(band) for band in settings.bands],
-        "frequency_noise_sigma": settings.freq_sigma,
         "dtype": dtype,
         "autocast": "none" if autocast is None else str(autocast).removeprefix("torch."),
         "vitlocal_version": __version__,
+        # Only frequency noise reads the bands: other files do not depend on them.
+        **({"frequency_bands": [list(band) for band in settings.bands], "frequency_noise_sigma": settings.freq_sigma}
+           if split_variant(variant)[0].kind == "freqnoise" else {}),
     }
 
 
@@ -285,8 +286,8 @@ def extract_planned_files(
     """One extraction job of the plan (``features.plan``): ``files`` = ``{subset, variant, layers, path}`` each.
 
     The model is built once for the whole job; the files of one subset and one
-    set of layers are made by one :func:`extract_feature_files` call, each
-    subset's manifest (``manifests[subset]``) read once.
+    set of layers (``manifests[subset]``) are made by one
+    :func:`extract_feature_files` call.
     """
     groups: dict[tuple[str, tuple[int, ...]], list[Mapping[str, Any]]] = {}
     for entry in files:
