@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import yaml
-
-PROJECT = Path(__file__).resolve().parents[1]
+from conftest import PROJECT, bench_module
 
 
 @pytest.fixture(scope="module")
 def fullsize():
-    sys.path.insert(0, str(PROJECT / "bench"))
-    try:
-        yield importlib.import_module("fullsize")
-    finally:
-        sys.path.remove(str(PROJECT / "bench"))
+    return bench_module("fullsize")
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +110,7 @@ def test_card_projection_scales_the_measured_parts_and_counts_its_searches(work)
     DINOv2's 16 x 16 patches; GPU parts: the k-NN searches (raw, each top-m removal, BatchNorm; for each m the
     held-out quarter of the train images against the rest; DVT's files for a model of dvt.models) and the linear
     probes (raw, best m, BatchNorm; DVT's), from the card's protocol (studies/card/compute.py)."""
-    sys.path.insert(0, str(PROJECT / "bench"))
-    try:
-        card = importlib.import_module("fullsize_card")
-    finally:
-        sys.path.remove(str(PROJECT / "bench"))
+    card = bench_module("fullsize_card")
     measured = {"dim": 768, "reference_s": {part: 1.0 for part in card.CPU_PARTS}}
     gpu = {"knn_s_per_gflop": 1e-3, "linear_s_per_100k_epoch": 0.5, "dvt_denoise_s_per_tile": 0.01}
     out = card.project(work, measured, gpu)

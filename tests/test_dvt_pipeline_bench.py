@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
+from conftest import PROJECT, bench_module
 
 from vitlocal.denoise.stage1 import Stage1Settings
-
-PROJECT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def dvt():
-    sys.path.insert(0, str(PROJECT / "bench"))
-    try:
-        yield importlib.import_module("dvt")
-    finally:
-        sys.path.remove(str(PROJECT / "bench"))
+    return bench_module("dvt")
 
 
 @pytest.fixture(scope="module")
 def fullsize_dvt():
-    sys.path.insert(0, str(PROJECT / "bench"))
-    try:
-        yield importlib.import_module("fullsize_dvt")
-    finally:
-        sys.path.remove(str(PROJECT / "bench"))
+    return bench_module("fullsize_dvt")
 
 
 def test_fit_line_separates_setup_from_steps(dvt):
