@@ -11,10 +11,11 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 
+from conftest import write_planted_cityscapes
+
 from vitlocal import subsets
 from vitlocal.datasets import cityscapes
 from vitlocal.evaluation.segmentation import EvalTarget, load_split, select_samples
-from vitlocal.features.store import FeatureWriter
 from vitlocal.studies.card.bootstrap import bootstrap, miou_of, ratio_of, resample_counts
 from vitlocal.studies.card.compute import (
     BACKGROUND,
@@ -30,7 +31,7 @@ from vitlocal.studies.card.compute import (
 )
 from vitlocal.studies.card.figures import comparison
 from vitlocal.synthetic import generate
-from vitlocal.tiling import TilingSpec, patch_labels, tile_image
+from vitlocal.tiling import TilingSpec
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -151,14 +152,8 @@ def test_per_image_confusions_sum_to_the_probing_score(tmp_path):
              "split": "val", "preset": "test", "patch_labels": "nearest_exact", "seed": 0, "data_source": "synthetic",
              "tiling": {"resize_to": None, "rows": 4, "cols": 8, "out_size": [64, 64]}, "grid": list(GRID)}
     rng = np.random.default_rng(0)
-    with FeatureWriter(tmp_path / "val.parquet", attrs, dtype="float32") as writer:
-        for row in val.to_dict("records"):
-            _, labels = cityscapes.read_sample(root, row)
-            label = patch_labels(tile_image(labels, TILING), GRID).reshape(-1)
-            tile, prow, pcol = (a.reshape(-1) for a in np.indices((TILING.n_tiles, *GRID)))
-            meta = pd.DataFrame({"sample_id": row["sample_id"], "tile_id": tile, "patch_row": prow, "patch_col": pcol,
-                                 "label": label, "image_h": labels.shape[0], "image_w": labels.shape[1]})
-            writer.write(meta, {12: rng.normal(0, 1, (len(label), 4)).astype(np.float32)})
+    write_planted_cityscapes(tmp_path / "val.parquet", root, val, attrs, lambda label: rng.normal(0, 1, (len(label), 4)),
+                             tiling=TILING, grid=GRID)
     split = load_split(tmp_path / "val.parquet")
     target = EvalTarget.load("cityscapes", root, val)
     preds = rng.integers(0, 19, len(split.labels))

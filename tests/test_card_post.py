@@ -14,23 +14,21 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from conftest import PROJECT, load_config
+from conftest import PROJECT, load_config, write_planted_cityscapes
 from vitlocal.datasets import cityscapes
 from vitlocal.denoise.stage1_files import write_npz
 from vitlocal.denoise.stage2 import Denoiser, save_checkpoint
 from vitlocal.errors import ConfigError
 from vitlocal.evaluation.segmentation import EvalTarget, ProbeSettings, knn_predictions, labelled, load_split
-from vitlocal.features.store import FeatureWriter
 from vitlocal.layout import Layout
 from vitlocal.probes.variance import feature_variance, top_variance_dims
 from vitlocal.studies import EXPERIMENTS
 from vitlocal.studies.card.compute import artifact_stats, card_rows, norm_ratio, pick_m, split_train_images
 from vitlocal.studies.card.summary import card_entries
 from vitlocal.synthetic import generate
-from vitlocal.tiling import TilingSpec, patch_labels, tile_image
+from vitlocal.tiling import TilingSpec
 
 TILING, GRID, DIM, LAYER = TilingSpec(None, 4, 8), (4, 4), 64, 12
 PROBES = ProbeSettings(knn_k=1, knn_metric="l2", linear={"epochs": 1}, seed=0, device="cpu")
@@ -53,15 +51,9 @@ def write_split(path, root, manifest, split, seed, **kwargs):
              "tiling": {"resize_to": None, "rows": 4, "cols": 8, "out_size": [64, 64]}, "grid": list(GRID),
              "denoiser": {"path": "m.pt", "sha256": "x", "dvt_source": "ours@64"}}
     rng = np.random.default_rng(seed)
-    with FeatureWriter(path, attrs, dtype="float32") as writer:
-        for row in manifest.to_dict("records"):
-            _, labels = cityscapes.read_sample(root, row)
-            label = patch_labels(tile_image(labels, TILING), GRID).reshape(-1)
-            tile, prow, pcol = (a.reshape(-1) for a in np.indices((TILING.n_tiles, *GRID)))
-            meta = pd.DataFrame({"sample_id": row["sample_id"], "tile_id": tile, "patch_row": prow, "patch_col": pcol,
-                                 "label": label, "image_h": labels.shape[0], "image_w": labels.shape[1]})
-            writer.write(meta, {LAYER: planted(label, rng, val=split == "val", **kwargs)})
-    return str(path)
+    return write_planted_cityscapes(path, root, manifest, attrs, lambda label: planted(label, rng, val=split == "val",
+                                                                                     **kwargs),
+                                    tiling=TILING, grid=GRID, layer=LAYER)
 
 
 @pytest.fixture(scope="module")

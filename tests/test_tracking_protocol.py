@@ -24,7 +24,6 @@ from vitlocal import subsets
 from vitlocal.datasets import bdd100k, cityscapes, mot17
 from vitlocal.errors import CorruptFileError, LabelError
 from vitlocal.evaluation.segmentation import EvalTarget, ProbeSettings, knn_result, labelled, load_split
-from vitlocal.features.store import FeatureWriter
 from vitlocal.published import load_published, to_our_keys
 from vitlocal.reproduction import COMPARED, compare
 from vitlocal.models.extractor import build_extractor
@@ -40,9 +39,9 @@ from vitlocal.studies.tracking.matching import match_video
 from vitlocal.studies.tracking.roi import roi_features
 from vitlocal.synthetic import generate
 from vitlocal.synthetic import mot17 as synth_mot
-from vitlocal.tiling import TilingSpec, patch_labels, tile_image
+from vitlocal.tiling import TilingSpec
 
-from conftest import PROJECT
+from conftest import PROJECT, write_planted_cityscapes
 from test_tracking import FRAME, VIDEO, _bdd_root, _position_map, _scene_maps, _write_maps
 
 SCHEMA = str(PROJECT / "schemas" / "config.schema.yaml")
@@ -146,18 +145,14 @@ def _write_cityscapes(path, root, manifest, split: str, variant: str, shift: int
              "data_source": "synthetic", "grid": list(GRID),
              "tiling": {"resize_to": None, "rows": TILING.rows, "cols": TILING.cols, "out_size": [64, 64]}}
     rng = np.random.default_rng(seed)
-    with FeatureWriter(path, attrs, dtype="float32") as writer:
-        for row in manifest.to_dict("records"):
-            _, labels = cityscapes.read_sample(root, row)
-            label = patch_labels(tile_image(labels, TILING), GRID).reshape(-1)
-            tile, prow, pcol = (a.reshape(-1) for a in np.indices((TILING.n_tiles, *GRID)))
-            x = rng.normal(0.0, 0.1, (len(label), N_CLASSES))
-            keep = np.flatnonzero(label != 255)
-            x[keep, (label[keep] + shift) % N_CLASSES] += 3.0
-            meta = pd.DataFrame({"sample_id": row["sample_id"], "tile_id": tile, "patch_row": prow,
-                                 "patch_col": pcol, "label": label, "image_h": labels.shape[0],
-                                 "image_w": labels.shape[1]})
-            writer.write(meta, {12: x.astype(np.float32)})
+
+    def features(label):
+        x = rng.normal(0.0, 0.1, (len(label), N_CLASSES))
+        keep = np.flatnonzero(label != 255)
+        x[keep, (label[keep] + shift) % N_CLASSES] += 3.0
+        return x
+
+    write_planted_cityscapes(path, root, manifest, attrs, features, tiling=TILING, grid=GRID)
 
 
 def test_cityscapes_full_rows_use_the_full_training_file(tmp_path):
