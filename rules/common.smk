@@ -162,11 +162,12 @@ def extraction_demand():
 VIDEO_DATASETS = ("bdd100k", "mot17")
 
 
-def extract_params(dataset, model, kind):
-    """The extraction settings of one (dataset, model, kind) job: exactly what changes its files."""
-    # Only degraded files read the frequency-noise settings (freqnoise-<i>).
+def extract_params(job):
+    """The extraction settings of one job (features.plan.ExtractionJob): exactly what changes its files."""
+    dataset, model = job.dataset, job.model
+    # Only the freqnoise-<i> files read the frequency-noise settings.
     frequency = ({"bands": config["degradations"]["frequency_bands"],
-                  "freq_sigma": config["degradations"]["frequency_noise_sigma"]} if kind == "degraded" else {})
+                  "freq_sigma": config["degradations"]["frequency_noise_sigma"]} if job.reads_frequency_noise else {})
     return dict(
         dataset=dataset,
         root=lambda wildcards: dataset_root(dataset),  # synthetic data: an input of the job

@@ -1,15 +1,16 @@
 # One Parquet file per (dataset, subset, model, variant): every probe,
 # figure and table reads these, so the ViT runs once per image and variant.
 # One job per (dataset, model) makes its clean and whole-image files of every
-# subset; one more its degraded, one its transformed variants (the plan and why:
-# src/vitlocal/features/plan.py). The jobs are planned from the files the
+# subset; one more its degraded, one its transformed variants, or all in one job
+# with `extraction.jobs: per_model` (the plan and why: src/vitlocal/features/plan.py). The jobs are planned from the files the
 # experiments, DVT and Fig 13 read, so no job makes a file nobody reads.
 
 from vitlocal.features.plan import extraction_jobs
 
 
 EXTRACTION_JOBS = extraction_jobs(
-    extraction_demand(), RESULTS, DATASETS, degradation_variants(), transform_variants())
+    extraction_demand(), RESULTS, DATASETS, degradation_variants(), transform_variants(),
+    per_model=config["extraction"]["jobs"] == "per_model")
 
 
 for _job in EXTRACTION_JOBS:
@@ -29,7 +30,7 @@ for _job in EXTRACTION_JOBS:
             files=[{"subset": f.subset, "variant": f.variant, "layers": layers_for(_job.dataset, f.subset, _job.model, f.variant)}
                    for f in _job.files],
             manifests={s: LAYOUT.manifest(_job.dataset, s) for s in _job.subsets},
-            **extract_params(_job.dataset, _job.model, _job.kind),
+            **extract_params(_job),
         threads: config["extraction"]["threads"]
         resources:
             gpu=1,

@@ -56,6 +56,25 @@ def test_each_extracted_file_has_one_job_of_its_kind():
     }
 
 
+def test_per_model_plan_makes_every_kind_in_one_job_per_dataset_and_model():
+    per_model = extraction_jobs(PATHS, R, ["cityscapes", "fair1m"], DEG, TRANS, per_model=True)
+    assert {job.name: [(x.subset, x.variant) for x in job.files] for job in per_model} == {
+        "extract_cityscapes_dino": [("set4", "clean"), ("val", "clean"), ("val", "full"), ("val", "blur-2"),
+                                    ("val", "noise-10")],
+        "extract_cityscapes_mae": [("val", "clean")],
+        "extract_fair1m_dino": [("train", "clean"), ("train", "blur-2"), ("train", "rotate-10")],
+    }
+    # The same files as the per-kind plan, each once.
+    assert sorted(x.path for job in per_model for x in job.files) == sorted(x.path for job in plan(PATHS)
+                                                                           for x in job.files)
+
+
+def test_only_a_job_with_a_frequency_noise_file_reads_the_frequency_settings():
+    jobs = {job.name: job.reads_frequency_noise for job in plan(PATHS + [f("cityscapes", "val", "dino", "freqnoise-1")])}
+    assert jobs["extract_cityscapes_dino_degraded"] and not jobs["extract_fair1m_dino_degraded"]
+    assert not any(v for k, v in jobs.items() if not k.endswith("_degraded"))
+
+
 def test_plan_does_not_depend_on_the_order_files_are_read_in():
     shuffled = PATHS[:]
     random.Random(3).shuffle(shuffled)

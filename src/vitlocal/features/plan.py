@@ -6,7 +6,9 @@ transformed variants. Grouped by the settings they read (a new degradation
 level reruns only the degraded job, not the clean files every probe reads), and
 otherwise as large as the data: a job pays ~6 s of imports (torch, timm) and a
 model build before its first image, which on the demo's tiny data was most of
-its time (bench/RESULTS.md).
+its time (bench/RESULTS.md). ``extraction.jobs: per_model`` (the demo) makes
+all three one job: fewer imports, but a changed degradation or transform then
+reruns the model's clean files too.
 """
 
 from __future__ import annotations
@@ -32,14 +34,19 @@ class ExtractionJob:
 
     dataset: str
     model: str
-    kind: str  # "tiles" | "degraded" | "transformed"
+    kind: str  # "tiles" | "degraded" | "transformed" | "all" (extraction.jobs: per_model)
     files: tuple[FeatureFile, ...]
 
     @property
     def name(self) -> str:
         """The rule's name: ``extract_<dataset>_<model>`` (``_degraded`` / ``_transformed``)."""
-        suffix = "" if self.kind == "tiles" else f"_{self.kind}"
+        suffix = "" if self.kind in ("tiles", "all") else f"_{self.kind}"
         return f"extract_{self.dataset}_{self.model}{suffix}"
+
+    @property
+    def reads_frequency_noise(self) -> bool:
+        """Whether a file of the job is a ``freqnoise-<i>`` variant: the only files the frequency settings change."""
+        return any(f.variant.startswith("freqnoise-") for f in self.files)
 
     @property
     def subsets(self) -> list[str]:
@@ -63,8 +70,11 @@ def extraction_jobs(
     datasets: Sequence[str],
     degraded: Sequence[str],
     transformed: Sequence[str],
+    per_model: bool = False,
 ) -> list[ExtractionJob]:
     """The jobs that make every extracted file among ``paths`` (each file once; others ignored).
+
+    ``per_model``: one job per (dataset, model) for every kind (``extraction.jobs: per_model``).
 
     A feature file is ``<results>/features/<dataset>/<subset>/<model>/<variant>.parquet``.
     Files keep their order within a subset (variants as listed in ``degraded``
@@ -81,6 +91,7 @@ def extraction_jobs(
         dataset, subset, model, variant = match.groups()
         kind = variant_kind(variant, degraded, transformed)
         if kind is not None:
+            kind = "all" if per_model else kind
             groups.setdefault((dataset, model, kind), {})[path] = FeatureFile(subset, variant, path)
     return [
         ExtractionJob(dataset, model, kind, tuple(sorted(files.values(), key=lambda f: (f.subset, order[f.variant]))))
