@@ -282,25 +282,42 @@ def output_config(figure, model=None):
 
 
 def figure_rules(study):
-    """One named target per output of ``study`` drawn from experiment CSVs (`snakemake --cores 8 fig2`)."""
-    for figure in study_outputs(study):
+    """One named target per output of ``study`` drawn from experiment CSVs (`snakemake --cores 8 fig2`).
+
+    ``figure_jobs: per_figure``: each output is one job; ``per_study``: one job writes them all (each job pays
+    the imports once) and each output's name is a target rule of that job's files.
+    """
+    figures = study_outputs(study)
+    per_study = config["figure_jobs"] == "per_study"
+    for jobs in ([figures] if per_study and figures else [[f] for f in figures]):
+        name = f"figures_{study}" if per_study else jobs[0]
+
+        rule:
+            name:
+                name
+            input:
+                list(dict.fromkeys(p for figure in jobs for p in output_reads(figure))),
+            output:
+                **{f"{figure}_{suffix}": path for figure in jobs for suffix, path in figure_files(figure).items()},
+            params:
+                # One entry per output: the CSVs it reads, its files by suffix, the config keys it declares.
+                figures=[{"figure": figure, "reads": output_reads(figure), "files": output_paths(figure, RESULTS),
+                          "config": output_config(figure)} for figure in jobs],
+            log:
+                f"{LOGS}/figures/{name}.log",
+            conda:
+                "../envs/torch.yaml"
+            script:
+                "../scripts/make_figure.py"
+
+    for figure in figures if per_study else []:
 
         rule:
             name:
                 figure
             input:
-                output_reads(figure),
-            output:
-                **figure_files(figure),
-            params:
-                figure=figure,
-                config=output_config(figure),
-            log:
-                f"{LOGS}/figures/{figure}.log",
-            conda:
-                "../envs/torch.yaml"
-            script:
-                "../scripts/make_figure.py"
+                list(output_paths(figure, RESULTS).values()),
+            localrule: True
 
 
 def figure_files(figure):

@@ -1,4 +1,4 @@
-"""Snakemake entry point: one figure or table from experiment CSVs (rules/figures.smk)."""
+"""Snakemake entry point: figures and tables from experiment CSVs (``figure_rules`` in rules/common.smk)."""
 
 import sys
 from pathlib import Path
@@ -12,9 +12,10 @@ from vitlocal.studies.outputs import make_output
 from vitlocal.workflow import rule_logging
 
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
-    sm = snakemake  # noqa: F821
-    figure = sm.params.figure
-    # Only the declared keys (the rule's params): an undeclared read fails instead of missing a rerun.
-    config = ConfigView(sm.params.config, output(figure).config_keys, owner=f"output {figure}")
-    shown = make_output(figure, list(sm.input), dict(sm.output), config)
-    log.info("%s: %d numbers -> %s", sm.params.figure, len(shown), ", ".join(sm.output))
+    # One entry per output the job writes (one, or a study's with `figure_jobs: per_study`).
+    for entry in snakemake.params.figures:  # noqa: F821
+        figure = entry["figure"]
+        # Only the declared keys (the rule's params): an undeclared read fails instead of missing a rerun.
+        config = ConfigView(entry["config"], output(figure).config_keys, owner=f"output {figure}")
+        shown = make_output(figure, entry["reads"], entry["files"], config)
+        log.info("%s: %d numbers -> %s", figure, len(shown), ", ".join(entry["files"].values()))

@@ -33,10 +33,10 @@ assert REMOVED, "the demo must keep a retrieval model with a <model>-<m> row"
 CARD = DEMO["card"]["models"]  # each card model's own k-NN / top-m probes, and the layerwise k-NN it reads
 
 
-#: One job per (experiment, model) and per extraction kind, as in the paper preset: the finest cut, so each
+#: One job per (experiment, model), figure and extraction kind, as in the paper preset: the finest cut, so each
 #: experiment's reruns show. (The demo's per_study and per_model jobs rerun their parts together:
 #: ``experiment_groups`` and ``extraction_jobs``, tested apart.)
-JOBS = {"experiment_jobs": "per_experiment", "extraction": {**DEMO["extraction"], "jobs": "per_kind"}}
+JOBS = {"experiment_jobs": "per_experiment", "figure_jobs": "per_figure", "extraction": {**DEMO["extraction"], "jobs": "per_kind"}}
 
 
 def _workflow(api, workdir: Path, overrides: dict | None):
