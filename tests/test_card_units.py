@@ -103,6 +103,17 @@ def test_degradation_ratio_resamples_each_image_at_both_levels():
     assert (ratio["lo"], ratio["hi"]) == (pytest.approx(4 / 7), pytest.approx(1.0))
 
 
+def test_every_degradation_kind_is_read_by_its_experiment_name():
+    """Frequency noise's rows are ``degradation_freq`` (not ``degradation_freqnoise``); each kind gets its ratio."""
+    rows = [_row(experiment, "knn", f"{kind}-{level}", value)
+            for kind, experiment in (("blur", "degradation_blur"), ("noise", "degradation_noise"),
+                                     ("freqnoise", "degradation_freq"))
+            for level, value in ((0, 0.5), (1, 0.4), (2, 0.25))]
+    entries = card_entries("m", pd.DataFrame([_card_row(), *rows]), "set4").set_index("name")
+    for kind in ("blur", "noise", "freqnoise"):
+        assert entries.loc[f"{kind} ({kind}-2) / clean", "value"] == pytest.approx(0.5)
+
+
 def test_retrieval_share_over_crops_by_hand():
     """Crop a: categories [same_patch, same_fine]; crop b: 3 same_patch, 1 background; crop c: no query.
     same_patch: a 1/2, b 3/4 -> 4/6; same_fine: 1/6. Resamples of three crops, c adding nothing."""

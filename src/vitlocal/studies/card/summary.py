@@ -25,6 +25,7 @@ import pandas as pd
 
 from vitlocal.evaluation.units import PIXELS, miou_of_stats, pivot_units, segmentation_array
 
+from ..probing import DEGRADATION_EXPERIMENTS
 from .bootstrap import DEFAULT_RESAMPLES, bootstrap, ratio_of
 
 DEFINITIONS = {
@@ -188,8 +189,8 @@ def _read(rows: pd.DataFrame, main_train_set: str, units: _Units) -> list[dict[s
             row = sel.iloc[-1]
             out.append(_entry("segmentation", f"ADE20K {probe}", row["value"], "ade20k", DEFINITIONS["ade20k"],
                               **units.miou(row, present_only=True)))
-    for kind in ("blur", "noise", "freqnoise"):
-        sel = _mean_miou(rows, experiment=f"degradation_{kind}", probe="knn")
+    for kind, experiment in DEGRADATION_EXPERIMENTS.items():
+        sel = _mean_miou(rows, experiment=experiment, probe="knn")
         if len(sel):
             levels = sel["level"].str.rsplit("-", n=1).str[-1].astype(float)
             clean, strongest = sel[levels == 0], sel[levels == levels.max()]

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from ..base import Experiment, Output, Study, figure_writer, rows_of
 
+#: Degradation kind -> the experiment of its rows (one ``degradation`` job writes them all).
+DEGRADATION_EXPERIMENTS: dict[str, str] = {
+    "blur": "degradation_blur",
+    "noise": "degradation_noise",
+    "freqnoise": "degradation_freq",
+}
+
 
 def _cityscapes(layout, model, **roles):
     return {**roles, "val_manifest": layout.manifest("cityscapes", "val")}

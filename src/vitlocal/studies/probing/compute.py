@@ -56,17 +56,13 @@ from vitlocal.features.degrade import parse_variant
 from vitlocal.features.store import read_attrs
 from vitlocal.probes.metrics import mean_iou
 
+from . import DEGRADATION_EXPERIMENTS
+
 PathLike = str | os.PathLike
 
 #: Fig 2's "easy" classes; every other Cityscapes class is "hard".
 EASY_CLASSES: tuple[str, ...] = ("road", "vegetation", "building", "car", "sky")
 CLASS_GROUPS: tuple[str, ...] = ("all", "easy", "hard")
-#: Degradation kind -> experiment name.
-DEGRADATION_EXPERIMENTS: dict[str, str] = {
-    "blur": "degradation_blur",
-    "noise": "degradation_noise",
-    "freqnoise": "degradation_freq",
-}
 
 
 # --------------------------------------------------------------------------- building blocks
