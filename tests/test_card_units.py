@@ -103,6 +103,20 @@ def test_degradation_ratio_resamples_each_image_at_both_levels():
     assert (ratio["lo"], ratio["hi"]) == (pytest.approx(4 / 7), pytest.approx(1.0))
 
 
+def test_ade20k_interval_leaves_out_classes_without_ground_truth():
+    """ADE20K's rows average only classes with ground truth (``present_classes_only``). A: 3 wall pixels, 2 called
+    wall and 1 sky (no sky in the truth); B: 1 wall, 2 floor, all right. Pooled: wall 3/4, floor 1, sky left
+    out -> 7/8 (counting sky's IoU 0: 7/12). Resamples: AA wall 4/6 -> 2/3, AB 7/8, BB 1 -> [2/3, 1]."""
+    a = {"wall": (2, 3, 2), "sky": (0, 0, 1)}
+    b = {"wall": (1, 1, 1), "floor": (2, 2, 2)}
+    classes = ["wall", "floor", "sky"]
+    per_image = np.array([[image.get(c, (0, 0, 0)) for c in classes] for image in (a, b)])
+    units = segmentation_units(per_image, ["a", "b"], classes, experiment="ade20k", model="m", probe="knn",
+                               layer=12, level="")
+    knn = _entries([_row("ade20k", "knn", "", 7 / 8)], [units]).loc["ADE20K knn"]
+    assert (knn["value"], knn["lo"], knn["hi"]) == (7 / 8, pytest.approx(2 / 3), pytest.approx(1.0))
+
+
 def test_every_degradation_kind_is_read_by_its_experiment_name():
     """Frequency noise's rows are ``degradation_freq`` (not ``degradation_freqnoise``); each kind gets its ratio."""
     rows = [_row(experiment, "knn", f"{kind}-{level}", value)
