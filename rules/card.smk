@@ -2,7 +2,7 @@
 # (src/vitlocal/studies/card/). The `card` experiment of each carded model runs
 # through the generic run_experiment rule; these rules only draw.
 
-from vitlocal.studies.card import card_jobs, card_models, card_paths, card_reads
+from vitlocal.studies.card import card_jobs, card_models, card_paths, card_reads, card_settings
 
 CARD_MODELS = card_models(LAYOUT)
 
@@ -18,6 +18,8 @@ rule card:
         model=lambda wildcards: wildcards.model,
         models=CARD_MODELS,
         main_train_set=MAIN_TRAIN,
+        resamples=card_settings(config)["resamples"],
+        seed=config["seed"],
     log:
         f"{LOGS}/cards/{{model}}.log",
     conda:

@@ -207,6 +207,10 @@ def experiment_file(experiment, model):
     return LAYOUT.experiment_file(experiment, model)
 
 
+def experiment_units(experiment, model):
+    return LAYOUT.experiment_units(experiment, model)
+
+
 def flatten(inputs):
     """The paths of ``{role: path | {name: path | {...}}}`` as a flat list."""
     files = []

@@ -25,6 +25,8 @@ for _group in EXPERIMENT_GROUPS:
             [path for name in _group.experiments for path in flatten(experiment_inputs(name, _group.model))],
         output:
             tables=[experiment_file(name, _group.model) for name in _group.experiments],
+            # Per-unit statistics beside the CSVs of the experiments that write them (the card's intervals).
+            units=[experiment_units(name, _group.model) for name in _group.experiments if EXPERIMENTS[name].units],
         params:
             model=_group.model,
             experiments=list(_group.experiments),

@@ -12,5 +12,5 @@ from vitlocal.workflow import rule_logging
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
     sm = snakemake  # noqa: F821
     shown = write_card_files(list(sm.input), sm.params.model, sm.params.models, dict(sm.output),
-                             sm.params.main_train_set)
+                             sm.params.main_train_set, resamples=sm.params.resamples, seed=sm.params.seed)
     log.info("card of %s: %d numbers -> %s", sm.params.model, len(shown), ", ".join(sm.output))

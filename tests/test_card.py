@@ -212,7 +212,7 @@ def test_card_reads_the_other_studies_rows_by_their_protocol():
     assert entries.loc["same instance, mean over delta", "value"] == pytest.approx(0.7)
     raw = entries.loc["k-NN, raw"]
     assert (raw["lo"], raw["hi"], raw["source"]) == (0.4, 0.6, "card")
-    assert np.isnan(entries.loc["best k-NN layer", "lo"])  # read numbers carry no interval
+    assert np.isnan(entries.loc["best k-NN layer", "lo"])  # a description: no interval (nor any without a sidecar)
 
 
 def test_published_layer_curves_are_the_papers_fig2_means():

@@ -113,7 +113,8 @@ def test_factory_model_goes_through_extraction_a_knn_experiment_and_the_card(ext
     inputs = {"train": str(extracted["train"]), "val": str(extracted["val"]), "val_manifest": str(extracted["val_manifest"]),
               "train_manifest": str(extracted["train_manifest"])}
     params = {"roots": {"cityscapes": str(extracted["root"])}, "layers": [2, 4]}
-    knn = run_experiment("layerwise", "tiny_reg4", inputs, params, config)
+    units: list[pd.DataFrame] = []
+    knn = run_experiment("layerwise", "tiny_reg4", inputs, params, config, units)
     miou = knn[(knn["metric"] == "miou") & (knn["probe"] == "knn")]
     assert sorted(miou["layer"]) == [2, 4] and miou["value"].between(0, 1).all()
     card = run_experiment("card", "tiny_reg4", inputs, params, config)
@@ -126,14 +127,19 @@ def test_factory_model_goes_through_extraction_a_knn_experiment_and_the_card(ext
     tmp = extracted["tmp"]
     for name, rows in (("layerwise", knn), ("card", card)):
         rows.to_csv(tmp / f"{name}.csv", index=False)
+    from vitlocal.evaluation.units import write_units
     from vitlocal.studies.card.figures import write_card_files
 
+    write_units(units, tmp / "layerwise.units.parquet")
     out = {s: tmp / f"card.{s}" for s in ("pdf", "png", "json", "csv")}
-    shown = write_card_files([tmp / "card.csv", tmp / "layerwise.csv"], "tiny_reg4", ["tiny_reg4"], out)
+    shown = write_card_files([tmp / "card.csv", tmp / "layerwise.csv", tmp / "layerwise.units.parquet"], "tiny_reg4",
+                             ["tiny_reg4"], out, resamples=200, seed=0)
     assert all(path.stat().st_size > 0 for path in out.values())
     record = json.loads(out["json"].read_text())
     assert record["model"] == "tiny_reg4" and record["demo"]
     assert "best k-NN layer" in set(shown["name"]) and len(pd.read_csv(out["csv"])) == len(shown)
+    layers = shown[shown["section"] == "layers"]  # each layer's k-NN mIoU with its interval from the sidecar
+    assert len(layers) == 2 and ((layers["lo"] <= layers["value"]) & (layers["value"] <= layers["hi"])).all()
 
 
 def _cached_repo(cache, repo: str, config: dict) -> None:

@@ -271,6 +271,23 @@ def test_rows_count_every_query_once(scalemae_rows):
     assert json.loads(stats["settings"].iloc[0])["grid"] == [4, 4]
 
 
+def test_per_crop_counts_sum_to_every_count_row(scalemae_rows):
+    """The sidecar (``crop_units``): each crop's counts per search add up to the CSV's counts; every crop is a unit."""
+    rows, paths, manifest, _ = scalemae_rows
+    units: list[pd.DataFrame] = []
+    again = retrieval_rows("scalemae", str(paths["clean"]), {v: str(paths[v]) for v in VARIANTS}, manifest,
+                           metric="dot", removed=12, device="cpu", units=units)
+    pd.testing.assert_frame_equal(again, rows)  # collecting units changes no row
+    table = pd.concat(units, ignore_index=True)
+    sums = table.groupby(["experiment", "model", "level", "class"])["value"].sum()
+    counts = rows[rows["experiment"].str.startswith("fair1m_retrieval") & (rows["metric"] == "count")]
+    assert len(counts) and len(sums) <= len(counts)
+    for r in counts.to_dict("records"):
+        assert sums.get((r["experiment"], r["model"], r["level"], r["class"]), 0.0) == r["value"], r
+    for _, group in table.groupby(["experiment", "model", "level"]):
+        assert sorted(group.loc[group["class"] == "queries", "unit"]) == sorted(manifest["sample_id"].astype(str))
+
+
 def test_rows_feed_the_report_and_every_output(scalemae_rows, tmp_path):
     _, _, _, csv = scalemae_rows
     tidy = read_results([csv])  # tidy contract and level conventions

@@ -268,6 +268,25 @@ def test_tracking_rows_on_hand_made_tracks_ignore_crowds_and_not_depend_on_file_
     assert (record["roi_size"], record["aligned"], record["average"]) == (7, False, "frame pairs")
 
 
+def test_per_video_counts_give_the_rows(tmp_path):
+    """The sidecar (``video_units``): per video and delta, the addends whose ratio is the row's accuracy."""
+    root = tmp_path / "bdd100k"
+    manifest = _bdd_root(root)
+    _write_maps(tmp_path / "features.parquet", _scene_maps(manifest), 3, 5)
+    units: list[pd.DataFrame] = []
+    rows = tracking_rows("dino", tmp_path / "features.parquet", manifest, experiment="tracking", dataset="bdd100k",
+                         root=root, split="val", settings=TrackingSettings(gaps=(1, 2), device="cpu"), units=units)
+    table = pd.concat(units, ignore_index=True)
+    assert set(table["unit"]) == {VIDEO} and set(table["level"]) == {"delta=1", "delta=2"}
+    assert set(table["layer"]) == {12} and set(table["experiment"]) == {"tracking"}
+    for r in rows.to_dict("records"):
+        stat = table[table["level"] == r["level"]].set_index("stat")["value"]
+        what = r["metric"].removeprefix("acc_same_")
+        assert stat.get(f"pair_acc_{what}", 0.0) / stat["pairs"] == pytest.approx(r["value"]), r["level"]
+        record = json.loads(r["settings"])
+        assert (stat["pairs"], stat.get("queries", 0)) == (record["n_pairs"], record["n_queries"])
+
+
 # --------------------------------------------------------------------------- figures
 
 

@@ -12,6 +12,9 @@ from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings
 
 from conftest import PROJECT
 
+#: The experiments whose numbers the card reads: each writes per-unit statistics beside its CSV (issue 22).
+UNIT_EXPERIMENTS = ("train_size", "layerwise", "degradation", "ade20k", "fair1m_retrieval", "tracking")
+
 
 def planned_jobs(configfiles: list[Path], targets: set[str], tmp_path: Path) -> dict[str, list[str]]:
     """Dry-run ``targets`` and return {rule: [outputs...]} of the jobs Snakemake would run.
@@ -53,10 +56,14 @@ def test_paper_dry_run_lists_every_subset_without_data(tmp_path):
     # One job makes a model's clean and whole-image files of every subset of a dataset.
     assert {f"results/paper/features/cityscapes/{s}/dino/clean.parquet" for s in ("set2", "set4", "set8", "val")} <= set(
         jobs["extract_cityscapes_dino"])
-    # The paper preset: one experiment job per (experiment, model), each writing its one CSV.
+    # The paper preset: one experiment job per (experiment, model), each writing its one CSV, and beside it the
+    # per-unit statistics where the experiment writes them (Experiment.units: the card's intervals).
     experiment_jobs = {rule: outs for rule, outs in jobs.items() if rule.startswith("experiment_")}
-    assert experiment_jobs["experiment_layerwise_dino"] == ["results/paper/experiments/layerwise/dino.csv"]
-    assert all(len(outs) == 1 for outs in experiment_jobs.values())
+    assert experiment_jobs["experiment_layerwise_dino"] == ["results/paper/experiments/layerwise/dino.csv",
+                                                            "results/paper/experiments/layerwise/dino.units.parquet"]
+    assert experiment_jobs["experiment_tracking_mot17_dino"] == ["results/paper/experiments/tracking_mot17/dino.csv"]
+    assert all(len(outs) == 1 + outs[0].startswith(tuple(f"results/paper/experiments/{e}/" for e in UNIT_EXPERIMENTS))
+               for outs in experiment_jobs.values())
 
 
 def test_demo_dry_run_generates_its_data(tmp_path):
@@ -68,7 +75,8 @@ def test_demo_dry_run_generates_its_data(tmp_path):
     assert "download_weights" not in jobs  # random weights need no checkpoint
     # The demo: one experiment job per (study, model), all of the study's CSVs for that model.
     assert sorted(jobs["study_probing_dino"]) == sorted(
-        f"results/demo/experiments/{e}/dino.csv" for e in ("layerwise", "train_size", "degradation", "ade20k"))
+        f"results/demo/experiments/{e}/dino.{suffix}" for e in ("layerwise", "train_size", "degradation", "ade20k")
+        for suffix in ("csv", "units.parquet"))
 
 
 def test_bad_key_stops_before_any_job(tmp_path):

@@ -58,6 +58,10 @@ class Layout:
     def experiment_file(self, experiment: str, model: str) -> str:
         return f"{self.results}/experiments/{experiment}/{model}.csv"
 
+    def experiment_units(self, experiment: str, model: str) -> str:
+        """The per-unit statistics beside an experiment's CSV (``Experiment.units``; ``evaluation.units``)."""
+        return f"{self.results}/experiments/{experiment}/{model}.units.parquet"
+
     def degradation_variants(self) -> list[str]:
         deg = self.config["degradations"]
         return (

@@ -227,6 +227,10 @@ class SegmentationResult:
     pixel_accuracy: float
     confusion: np.ndarray  #: (C, C) int64, rows = ground truth, columns = prediction
     n_pixels: int
+    #: (n_images, C, 3) int64 per val image (manifest order) and class: true positives, ground-truth pixels
+    #: (row sum), predicted pixels (column sum): the addends of a bootstrap over images (``evaluation.units``)
+    per_image: np.ndarray | None = None
+    image_ids: tuple[str, ...] = ()
 
 
 def tiling_of(val: SplitFeatures, tiling: TilingSpec | None = None) -> TilingSpec:
@@ -374,7 +378,7 @@ def score_segmentation(
     by_position[position] = preds
     sizes = val.meta.groupby("sample_id", sort=False)[["image_h", "image_w"]].first()
 
-    keys, weights = [], []
+    key_lists, weight_lists = [], []
     for i, row in enumerate(manifest.to_dict("records")):
         hist = _image_histogram(
             dataset, str(root), str(row["image_path"]), str(row["label_path"]), tiling.resize_to,
@@ -386,10 +390,17 @@ def score_segmentation(
                 f"{Path(root, row['label_path'])} is {hist.image_hw[0]}x{hist.image_hw[1]} but {val.name} was "
                 f"extracted from a {expected[0]}x{expected[1]} image"
             )
-        keys.append(hist.cls * num_classes + by_position[i * per_image + hist.patch])
-        weights.append(hist.count)
-    counts = np.bincount(np.concatenate(keys), weights=np.concatenate(weights), minlength=num_classes**2)
+        key_lists.append(hist.cls * num_classes + by_position[i * per_image + hist.patch])
+        weight_lists.append(hist.count)
+    keys, weights = np.concatenate(key_lists), np.concatenate(weight_lists)
+    counts = np.bincount(keys, weights=weights, minlength=num_classes**2)
     confusion = np.rint(counts).astype(np.int64).reshape(num_classes, num_classes)
+    # Per image, in the same pass: (image, class, tp / gt / pred) addends, one bincount.
+    image = np.repeat(np.arange(len(manifest)), [len(k) for k in key_lists])
+    truth, predicted = keys // num_classes, keys % num_classes
+    cell = (image * num_classes)[:, None] * 3 + np.stack([truth * 3, truth * 3 + 1, predicted * 3 + 2], axis=1)
+    addend = np.stack([np.where(truth == predicted, weights, 0), weights, weights], axis=1)
+    by_image = np.bincount(cell.ravel(), weights=addend.ravel(), minlength=len(manifest) * num_classes * 3)
     miou, n_classes = mean_iou(confusion)
     return SegmentationResult(
         iou=iou_per_class(confusion),
@@ -398,6 +409,8 @@ def score_segmentation(
         pixel_accuracy=pixel_accuracy(confusion),
         confusion=confusion,
         n_pixels=int(confusion.sum()),
+        per_image=np.rint(by_image).astype(np.int64).reshape(len(manifest), num_classes, 3),
+        image_ids=tuple(manifest["sample_id"].astype(str)),
     )
 
 

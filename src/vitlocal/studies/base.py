@@ -121,6 +121,8 @@ class ExperimentJob:
     inputs: Mapping[str, Any]
     params: Mapping[str, Any]
     config: Mapping[str, Any]
+    #: Where ``run`` appends its per-unit statistics (``evaluation.units``), if its experiment writes them.
+    units: list[pd.DataFrame] = dataclasses.field(default_factory=list)
 
     @functools.cached_property
     def probes(self):
@@ -140,12 +142,14 @@ class ExperimentJob:
 class Experiment:
     """``run(job) -> rows``; ``inputs(layout, model) -> files by role``; ``gpu``: does the job want one;
     ``config_keys``: every config key ``run`` reads (through ``job.config``, ``job.params`` or ``job.probes``),
-    or ``(config, model) -> keys`` where it depends on the model."""
+    or ``(config, model) -> keys`` where it depends on the model; ``units``: ``run`` also appends per-unit
+    statistics to ``job.units``, written beside the CSV (``layout.experiment_units``, read by the card)."""
 
     run: Callable[[ExperimentJob], pd.DataFrame]
     inputs: Callable[[Layout, str], Inputs]
     gpu: bool = True
     config_keys: ConfigKeys | Callable[[Mapping[str, Any], str], ConfigKeys] = ()
+    units: bool = False
 
     def keys(self, config: Mapping[str, Any], model: str) -> ConfigKeys:
         """The config keys the job of ``model`` reads."""

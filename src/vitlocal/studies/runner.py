@@ -16,12 +16,15 @@ from . import ExperimentJob, experiment
 
 
 def run_experiment(
-    name: str, model: str, inputs: Mapping[str, Any], params: Mapping[str, Any], config: Mapping[str, Any]
+    name: str, model: str, inputs: Mapping[str, Any], params: Mapping[str, Any], config: Mapping[str, Any],
+    units: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Tidy rows of experiment ``name`` for ``model``.
 
     ``inputs``: feature files / manifests by role (``Experiment.inputs``);
     ``params``: ``roots`` ({dataset: root}) plus the experiment's settings;
-    ``config``: the validated workflow config (probe settings, seed, device).
+    ``config``: the validated workflow config (probe settings, seed, device);
+    ``units``: a list the experiment appends its per-unit statistics to (``Experiment.units``).
     """
-    return experiment(name).run(ExperimentJob(name, model, inputs, params, config))
+    job = ExperimentJob(name, model, inputs, params, config, [] if units is None else units)
+    return experiment(name).run(job)

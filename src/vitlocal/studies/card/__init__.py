@@ -7,7 +7,9 @@ top-m removal is chosen on held-out training images, never on val; a model of
 ``dvt.models`` also gets the DVT post-processor (the dvt study's denoised files,
 its denoiser timed) and DVT's artifact share (its stage-1 file). The card itself
 (``figures``) adds what the other studies' experiment CSVs say about the model
-(``summary``); the models of ``card.models`` are drawn in grey beside it.
+(``summary``), each number with its interval from the per-unit statistics those
+experiments write beside their CSVs (``evaluation.units``); the models of
+``card.models`` are drawn in grey beside it.
 Rules: ``rules/card.smk``.
 """
 
@@ -68,13 +70,15 @@ def card_paths(layout, model: str) -> dict[str, str]:
 
 
 def card_reads(layout, model: str) -> list[str]:
-    """The CSVs the card of ``model`` draws: every carded model's ``card`` CSV, the CSVs it reads, and the other
-    carded models' per-layer k-NN (drawn in grey)."""
+    """The files the card of ``model`` draws: every carded model's ``card`` CSV, the CSVs it reads with their
+    per-unit statistics (the intervals of the read numbers), and the other carded models' per-layer k-NN (drawn
+    in grey)."""
     models = card_models(layout)
     jobs = [("card", m) for m in models] + read_jobs(layout, model)
     for other in models:
         jobs += [job for job in read_jobs(layout, other) if job[0] == "layerwise"]
-    return list(dict.fromkeys(layout.experiment_file(e, m) for e, m in jobs))
+    csvs = [layout.experiment_file(e, m) for e, m in jobs]
+    return list(dict.fromkeys(csvs + [layout.experiment_units(e, m) for e, m in read_jobs(layout, model)]))
 
 
 def _inputs(layout, model):

@@ -1,10 +1,11 @@
 """The one-page card of a model (PDF, PNG, JSON, CSV) and the comparison table of every carded model.
 
 The card draws the model in colour and the other carded models of the same
-run in grey; every number of the card's own experiment carries its 95 %
-bootstrap interval as an error bar, but the measured cost of each post-processor
-(machine-dependent) and the best m (chosen on held-out training images). Numbers read from other studies' CSVs
-have none (those CSVs hold no per-image statistics) and say so.
+run in grey; every number carries its 95 % bootstrap interval (an error bar;
+on the layer curve a band), but the measured cost of each post-processor
+(machine-dependent), the best m (chosen on held-out training images) and the
+best layer (a description). Numbers read from other studies' CSVs take their
+intervals from the per-unit statistics beside those CSVs (``summary``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ TABLE = {
 LOWER_IS_BETTER = {"high-norm share", "DVT artifact share"}
 
 
-def all_entries(rows: pd.DataFrame, models: Sequence[str], main_train_set: str = "set4") -> pd.DataFrame:
-    return pd.concat([card_entries(m, rows, main_train_set) for m in models], ignore_index=True)
+def all_entries(rows: pd.DataFrame, models: Sequence[str], main_train_set: str = "set4",
+                units: pd.DataFrame | None = None, **boot) -> pd.DataFrame:
+    """Every model's entries (``units`` and ``boot``: ``summary.card_entries``)."""
+    return pd.concat([card_entries(m, rows, main_train_set, units, **boot) for m in models], ignore_index=True)
 
 
 def _interval(ax, y, entries: pd.DataFrame, colour: str, offset: float, size: float, label: str | None):
@@ -90,8 +93,11 @@ def draw_card(model: str, entries: pd.DataFrame, subtitle: str, published: pd.Da
         layers = refs[(refs["model"] == ref) & (refs["section"] == "layers")]
         ax.plot([int(n.split()[1]) for n in layers["name"]], layers["value"], color=GREY, lw=1, marker=".")
     layers = mine[mine["section"] == "layers"]
-    ax.plot([int(n.split()[1]) for n in layers["name"]], layers["value"], color=model_colour(model), lw=2, marker="o",
-            label=model_label(model))
+    at = [int(n.split()[1]) for n in layers["name"]]
+    ax.plot(at, layers["value"], color=model_colour(model), lw=2, marker="o", label=model_label(model))
+    if np.isfinite(layers["lo"].to_numpy(float)).any():
+        ax.fill_between(at, layers["lo"].to_numpy(float), layers["hi"].to_numpy(float), color=model_colour(model),
+                        alpha=0.2, lw=0, label="95 % CI over val images")
     ax.plot([], [], color=GREY, lw=1, label="other carded models")
     if published is not None and len(published):
         for name, curve in published.groupby("model"):
@@ -117,19 +123,22 @@ def _shown(entry) -> str:
     whole = entry["section"] == "selection" or entry["name"] == "best k-NN layer"
     value = f"{int(entry['value'])}" if whole else f"{entry['value']:.3g} s" if entry["section"] == "cost" else \
         f"{entry['value']:.3f}"
-    if entry["source"] != "card":
-        return f"{value} (read from the {entry['source']} CSV: no per-image statistics, no interval)"
+    if entry["name"] == "best k-NN layer":
+        return f"{value} (a description: no interval)"
     if entry["section"] == "cost":
         return f"{value} per val image (this run's machine; a measurement, no interval)"
     if entry["section"] == "selection":
         return f"{value} (chosen on held-out training images; no interval)"
+    if not np.isfinite(entry["lo"]):
+        return f"{value} (no per-unit statistics read: no interval)"
     return f"{value} [{entry['lo']:.3f}, {entry['hi']:.3f}]"
 
 
 def card(rows: pd.DataFrame, model: str, models: Sequence[str], out_pdf, out_png, out_json, out_csv,
-         main_train_set: str = "set4") -> pd.DataFrame:
-    """Write ``model``'s card (``models``: every carded model, the others drawn in grey)."""
-    entries = all_entries(rows, list(dict.fromkeys([model, *models])), main_train_set)
+         main_train_set: str = "set4", units: pd.DataFrame | None = None, **boot) -> pd.DataFrame:
+    """Write ``model``'s card (``models``: every carded model, the others drawn in grey; ``units``, ``boot``:
+    the per-unit statistics of the numbers it reads and the bootstrap's ``resamples`` and ``seed``)."""
+    entries = all_entries(rows, list(dict.fromkeys([model, *models])), main_train_set, units, **boot)
     mine = entries[entries["model"] == model]
     own = rows[(rows["model"] == model) & (rows["experiment"] == "card")]
     subtitle = f"preset {', '.join(sorted(set(own['preset'])))}; weights {', '.join(sorted(set(own['weights'])))}"
@@ -195,12 +204,16 @@ def _cell(value: float, lo: float, hi: float, rank) -> str:
 
 
 def write_card_files(paths: Sequence[str], model: str, models: Sequence[str], out: dict,
-                     main_train_set: str = "set4") -> pd.DataFrame:
-    """What the ``card`` rule calls: the CSVs of every carded model -> ``model``'s card files."""
+                     main_train_set: str = "set4", *, resamples: int, seed: int) -> pd.DataFrame:
+    """What the ``card`` rule calls: the CSVs of every carded model and the per-unit statistics (``.parquet``)
+    of those it reads -> ``model``'s card files."""
+    from ...evaluation.units import read_units
     from ..base import concat_results
 
-    return card(concat_results(list(paths)), model, models, out["pdf"], out["png"], out["json"], out["csv"],
-                main_train_set)
+    csvs = [p for p in paths if not str(p).endswith(".parquet")]
+    units = read_units([p for p in paths if str(p).endswith(".parquet")])
+    return card(concat_results(csvs), model, models, out["pdf"], out["png"], out["json"], out["csv"],
+                main_train_set, units, resamples=resamples, seed=seed)
 
 
 def write_table_files(paths: Sequence[str], models: Sequence[str], out: dict) -> pd.DataFrame:

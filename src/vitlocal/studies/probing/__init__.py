@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from ..base import Experiment, Output, Study, figure_writer, rows_of
 
+#: Degradation kind -> the experiment of its rows (one ``degradation`` job writes them all).
+DEGRADATION_EXPERIMENTS: dict[str, str] = {
+    "blur": "degradation_blur",
+    "noise": "degradation_noise",
+    "freqnoise": "degradation_freq",
+}
+
 
 def _cityscapes(layout, model, **roles):
     return {**roles, "val_manifest": layout.manifest("cityscapes", "val")}
@@ -45,28 +52,28 @@ def _train_size(job):
     from .compute import train_size_rows
 
     return train_size_rows(job.model, dict(job.inputs["train_sets"]), job.inputs["val"],
-                           target=job.target("cityscapes"), probes=job.probes)
+                           target=job.target("cityscapes"), probes=job.probes, units=job.units)
 
 
 def _layerwise(job):
     from .compute import layerwise_rows
 
     return layerwise_rows(job.model, job.inputs["train"], job.inputs["val"], job.params["layers"],
-                          target=job.target("cityscapes"), probes=job.probes)
+                          target=job.target("cityscapes"), probes=job.probes, units=job.units)
 
 
 def _degradation(job):
     from .compute import degradation_rows
 
     return degradation_rows(job.model, job.inputs["train"], dict(job.inputs["val_variants"]),
-                            target=job.target("cityscapes"), probes=job.probes)
+                            target=job.target("cityscapes"), probes=job.probes, units=job.units)
 
 
 def _ade20k(job):
     from .compute import ade20k_rows
 
     return ade20k_rows(job.model, job.inputs["train"], job.inputs["val"], target=job.target("ade20k"),
-                       probes=job.probes)
+                       probes=job.probes, units=job.units)
 
 
 def _fig3_options(config):
@@ -80,11 +87,13 @@ def _cityscapes_configured(layout):
 STUDY = Study(
     name="probing",
     experiments={
-        "train_size": Experiment(_train_size, _train_size_inputs, config_keys=(*PROBES, "datasets.cityscapes")),
+        "train_size": Experiment(_train_size, _train_size_inputs, config_keys=(*PROBES, "datasets.cityscapes"),
+                                 units=True),
         "layerwise": Experiment(_layerwise, _main_train_inputs,
-                                config_keys=(*PROBES, "datasets.cityscapes", "extraction.layers")),
-        "degradation": Experiment(_degradation, _degradation_inputs, config_keys=(*PROBES, "datasets.cityscapes")),
-        "ade20k": Experiment(_ade20k, _ade20k_inputs, config_keys=(*PROBES, "datasets.ade20k")),
+                                config_keys=(*PROBES, "datasets.cityscapes", "extraction.layers"), units=True),
+        "degradation": Experiment(_degradation, _degradation_inputs, config_keys=(*PROBES, "datasets.cityscapes"),
+                                  units=True),
+        "ade20k": Experiment(_ade20k, _ade20k_inputs, config_keys=(*PROBES, "datasets.ade20k"), units=True),
     },
     outputs={
         "fig1": Output("figure", figure_writer(__name__, "fig1"), rows_of("train_size", needs=["cityscapes"]),

@@ -20,6 +20,9 @@ Conventions of the rows (``vitlocal.published.EXPERIMENTS``):
   IoU NaN and is left out of the mean, even where it was predicted: with a
   few hundred val images some of the 150 classes are simply not there, and
   scoring their stray predictions as 0 would measure the subset draw.
+
+Given a list ``units``, each function also appends every score's per-image
+addends (``evaluation.units.segmentation_units``): the job's sidecar.
 """
 
 from __future__ import annotations
@@ -48,21 +51,18 @@ from vitlocal.evaluation.segmentation import (
     provenance,
     score_rows,
 )
+from vitlocal.evaluation.units import segmentation_units
 from vitlocal.features.degrade import parse_variant
 from vitlocal.features.store import read_attrs
 from vitlocal.probes.metrics import mean_iou
+
+from . import DEGRADATION_EXPERIMENTS
 
 PathLike = str | os.PathLike
 
 #: Fig 2's "easy" classes; every other Cityscapes class is "hard".
 EASY_CLASSES: tuple[str, ...] = ("road", "vegetation", "building", "car", "sky")
 CLASS_GROUPS: tuple[str, ...] = ("all", "easy", "hard")
-#: Degradation kind -> experiment name.
-DEGRADATION_EXPERIMENTS: dict[str, str] = {
-    "blur": "degradation_blur",
-    "noise": "degradation_noise",
-    "freqnoise": "degradation_freq",
-}
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -79,7 +79,11 @@ def _rows(
     level: str,
     target: EvalTarget,
     probes: ProbeSettings,
+    units: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
+    if units is not None:
+        units.append(segmentation_units(result.per_image, result.image_ids, target.class_names, experiment=experiment,
+                                        model=model, probe=probe, layer=val.layer, level=level))
     return score_rows(
         result,
         experiment=experiment,
@@ -99,17 +103,17 @@ def _last_layer(path: PathLike) -> int:
 
 def _both_probes(
     model: str, train_path: PathLike, val: SplitFeatures, *, experiment: str, level: str,
-    target: EvalTarget, probes: ProbeSettings,
+    target: EvalTarget, probes: ProbeSettings, units: list[pd.DataFrame] | None = None,
 ) -> list[pd.DataFrame]:
     """k-NN and linear rows of one train set evaluated on ``val``."""
     train = labelled(load_split(train_path, val.layer))
     result, record = knn_result(train, val, target, probes)
     out = [_rows(result, val, probe="knn", settings=record, experiment=experiment, model=model,
-                 level=level, target=target, probes=probes)]
+                 level=level, target=target, probes=probes, units=units)]
     probe, settings = fit_linear(train, model, target, probes)
     result = target.score(val, linear_predictions(probe, val))
     out.append(_rows(result, val, probe="linear", settings=settings, experiment=experiment, model=model,
-                     level=level, target=target, probes=probes))
+                     level=level, target=target, probes=probes, units=units))
     return out
 
 
@@ -129,6 +133,7 @@ def train_size_rows(
     target: EvalTarget,
     probes: ProbeSettings,
     layer: int | None = None,
+    units: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Fig 1: k-NN and linear probe of ``model`` for each train set (``{set name: feature file}``).
 
@@ -139,7 +144,8 @@ def train_size_rows(
     val = load_split(val_path, layer)
     frames: list[pd.DataFrame] = []
     for name, path in train_paths.items():
-        frames += _both_probes(model, path, val, experiment="train_size", level=name, target=target, probes=probes)
+        frames += _both_probes(model, path, val, experiment="train_size", level=name, target=target, probes=probes,
+                               units=units)
     return _concat(frames)
 
 
@@ -152,6 +158,7 @@ def layerwise_rows(
     target: EvalTarget,
     probes: ProbeSettings,
     linear: bool = False,
+    units: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Fig 2: k-NN of ``model`` at each of ``layers`` (and the linear probe when ``linear``)."""
     if not layers:
@@ -161,12 +168,12 @@ def layerwise_rows(
         val = load_split(val_path, layer)
         if linear:
             frames += _both_probes(model, train_path, val, experiment="layerwise", level="",
-                                   target=target, probes=probes)
+                                   target=target, probes=probes, units=units)
             continue
         train = labelled(load_split(train_path, layer))
         result, record = knn_result(train, val, target, probes)
         frames.append(_rows(result, val, probe="knn", settings=record, experiment="layerwise", model=model,
-                            level="", target=target, probes=probes))
+                            level="", target=target, probes=probes, units=units))
     return _concat(frames)
 
 
@@ -178,6 +185,7 @@ def degradation_rows(
     target: EvalTarget,
     probes: ProbeSettings,
     layer: int | None = None,
+    units: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Fig 3: k-NN and linear probe of ``model`` on every degraded val set (``{variant name: feature file}``).
 
@@ -210,7 +218,7 @@ def degradation_rows(
         else:
             levels = [(experiments[name], name)]
         for experiment, level in levels:
-            common = dict(experiment=experiment, model=model, level=level, target=target, probes=probes)
+            common = dict(experiment=experiment, model=model, level=level, target=target, probes=probes, units=units)
             frames.append(_rows(knn, val, probe="knn", settings=record, **common))
             frames.append(_rows(linear, val, probe="linear", settings=linear_settings, **common))
     return _concat(frames)
@@ -237,6 +245,7 @@ def ade20k_rows(
     target: EvalTarget,
     probes: ProbeSettings,
     layer: int | None = None,
+    units: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Table 2: k-NN and linear mIoU of ``model`` on the ADE20K subset (150 classes; absent ones NaN)."""
     if target.dataset != "ade20k":
@@ -246,7 +255,7 @@ def ade20k_rows(
     knn, record = knn_result(train, val, target, probes)
     probe, settings = fit_linear(train, model, target, probes)
     linear = target.score(val, linear_predictions(probe, val))
-    common = dict(experiment="ade20k", model=model, level="", target=target, probes=probes)
+    common = dict(experiment="ade20k", model=model, level="", target=target, probes=probes, units=units)
     return _concat([
         _rows(present_classes_only(knn), val, probe="knn", settings=record, **common),
         _rows(present_classes_only(linear), val, probe="linear", settings=settings, **common),

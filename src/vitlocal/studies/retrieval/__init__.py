@@ -33,7 +33,7 @@ def _retrieval(job):
 
     return retrieval_rows(job.model, job.inputs["gallery"], dict(job.inputs["queries"]),
                           read_manifest(job.inputs["manifest"]), removed=removed_for(job.model, job.config),
-                          **search_settings(job.config))
+                          units=job.units, **search_settings(job.config))
 
 
 def _retrieval_keys(config, model):
@@ -61,7 +61,7 @@ _ALL = config_models("retrieval_models")
 
 STUDY = Study(
     name="retrieval",
-    experiments={"fair1m_retrieval": Experiment(_retrieval, _inputs, config_keys=_retrieval_keys)},
+    experiments={"fair1m_retrieval": Experiment(_retrieval, _inputs, config_keys=_retrieval_keys, units=True)},
     outputs={
         "fig6": Output("figure", _writer("fig6"), rows_of("fair1m_retrieval", _ALL, needs=["fair1m"]),
                        title="FAIR1M nearest-patch retrieval under transforms and degradations (Fig 6)"),

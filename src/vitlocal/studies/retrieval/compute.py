@@ -62,6 +62,7 @@ import torch
 from vitlocal.datasets import fair1m
 from vitlocal.errors import ConfigError, LabelError
 from vitlocal.evaluation.segmentation import RESULT_COLUMNS, provenance, resolve_device
+from vitlocal.evaluation.units import unit_frame
 from vitlocal.features.store import read_attrs, read_features
 from vitlocal.probes.knn import METRICS, auto_block_size, shared_tensor
 from vitlocal.probes.variance import feature_variance, remove_dims, top_variance_dims
@@ -219,6 +220,21 @@ def upper_bound(query_source: np.ndarray) -> int:
     return int((np.asarray(query_source) >= 0).sum())
 
 
+def crop_units(categories: np.ndarray, query_crop: np.ndarray, query_source: np.ndarray | None,
+               crop_ids: list[str], **keys: Any) -> pd.DataFrame:
+    """Sidecar rows of one search (``evaluation.units``): per crop (the unit), its queries' count per category,
+    ``queries`` (written for every crop) and, given ``query_source``, ``upper_bound``; stat ``count``."""
+    n, k = len(crop_ids), len(CATEGORIES)
+    crop = np.asarray(query_crop, dtype=np.int64)
+    values = [np.bincount(crop * k + np.asarray(categories, dtype=np.int64), minlength=n * k).reshape(n, k),
+              np.bincount(crop, minlength=n)[:, None]]
+    classes = [*CATEGORIES, "queries"]
+    if query_source is not None:
+        values.append(np.bincount(crop[np.asarray(query_source) >= 0], minlength=n)[:, None])
+        classes.append("upper_bound")
+    return unit_frame(keys, crop_ids, [(c, "count") for c in classes], np.hstack(values), total=k)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -290,12 +306,14 @@ def retrieval_rows(
     exclude_own: str = "crop",
     block_size: int | None = None,
     device: str | None = "auto",
+    units: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Every row of ``model`` (and of ``<model>-<m>`` when ``removed`` is ``m``): see the module docstring.
 
     ``query_paths``: variant name -> feature file; ``manifest``: the FAIR1M
     crop manifest (``sample_id``, ``image_path``, ``selected_for``);
-    ``exclude_own`` (``crop`` or ``scene``): the unit Fig 7 masks out.
+    ``exclude_own`` (``crop`` or ``scene``): the unit Fig 7 masks out;
+    ``units``: a list to append the per-crop counts of every search to (:func:`crop_units`).
     """
     if exclude_own not in EXCLUDE_UNITS:
         raise ConfigError(f"retrieval.exclude_own = {exclude_own!r}; expected one of {EXCLUDE_UNITS}")
@@ -340,8 +358,14 @@ def retrieval_rows(
             start += len(q.label)
             common = {"query_crop": q.crop, "query_label": q.label, "query_source": q.source,
                       "gallery_crop": gallery.crop, "gallery_patch": gallery.patch, "gallery_label": gallery.label}
-            found = {EXPERIMENT: category_counts(categorise(nearest[chosen], **common)),
-                     EXCLUDE_OWN: category_counts(categorise(_checked(outside[chosen], exclude_own), **common))}
+            categories = {EXPERIMENT: categorise(nearest[chosen], **common),
+                          EXCLUDE_OWN: categorise(_checked(outside[chosen], exclude_own), **common)}
+            found = {experiment: category_counts(c) for experiment, c in categories.items()}
+            for experiment, c in categories.items():
+                if units is not None:
+                    units.append(crop_units(c, q.crop, q.source if experiment == EXPERIMENT else None,
+                                            list(manifest["sample_id"].astype(str)), experiment=experiment,
+                                            model=name, probe="none", layer=gallery.layer, level=variant))
             rows = _variant_rows(name, variant, len(q.label), upper_bound(q.source), found)
             frames.append(_with_provenance(rows, gallery, metric, settings))
     return pd.concat(frames, ignore_index=True)[list(RESULT_COLUMNS)]
@@ -428,6 +452,6 @@ def removed_for(model: str, config: Mapping[str, Any]) -> int | None:
 
 
 __all__ = ["CATEGORIES", "CUMULATIVE", "EXCLUDE_OWN", "EXCLUDE_UNITS", "EXPERIMENT", "categorise",
-           "category_counts", "nearest_patches", "patch_index", "ranked_dims", "removed_dims", "removed_for",
+           "category_counts", "crop_units", "nearest_patches", "patch_index", "ranked_dims", "removed_dims", "removed_for",
            "retrieval_rows", "search_settings", "upper_bound"]
 

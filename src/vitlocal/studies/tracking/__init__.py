@@ -46,7 +46,7 @@ def _tracking(dataset, experiment):
         return tracking_rows(job.model, job.inputs["features"], job.inputs["manifest"], experiment=experiment,
                              dataset=dataset, root=job.params["roots"][dataset],
                              split=job.config["subsets"][dataset]["split"],
-                             settings=TrackingSettings.from_config(job.config))
+                             settings=TrackingSettings.from_config(job.config), units=job.units)
 
     return run
 
@@ -90,7 +90,7 @@ STUDY = Study(
     name="tracking",
     experiments={
         "tracking": Experiment(_tracking("bdd100k", "tracking"), _video_inputs("bdd100k", {"tiled": "clean"}),
-                               config_keys=_tracking_keys("bdd100k")),
+                               config_keys=_tracking_keys("bdd100k"), units=True),
         "tracking_mot17": Experiment(_tracking("mot17", "tracking_mot17"), _video_inputs("mot17", {"tiled": "clean"}),
                                      config_keys=_tracking_keys("mot17")),
         "tracking_full_vs_tile": Experiment(_full_vs_tile,

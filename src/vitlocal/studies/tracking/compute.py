@@ -45,6 +45,7 @@ from vitlocal.evaluation.segmentation import (
     resolve_device,
     score_rows,
 )
+from vitlocal.evaluation.units import unit_frame
 from vitlocal.features.store import read_attrs
 
 from . import MODES
@@ -171,8 +172,8 @@ def _new_video(frames: list[_Frame], dim: int, gaps, device: torch.device) -> _V
 def tracking_counts(
     features_path: PathLike, manifest: pd.DataFrame, *, dataset: str, root: PathLike, split: str,
     settings: TrackingSettings, model: str, variant: str = "clean",
-) -> tuple[GapCounts, dict[str, Any]]:
-    """Counts per gap over every video of ``manifest``, and a record of what was computed.
+) -> tuple[GapCounts, dict[str, Any], dict[str, GapCounts]]:
+    """Counts per gap over every video of ``manifest``, a record of what was computed, and each video's counts.
 
     Frames are streamed from the feature file (``roi.iter_frames``) and pooled
     in batches; a video is matched as soon as its last frame is pooled, then freed.
@@ -187,6 +188,7 @@ def tracking_counts(
     device = resolve_device(settings.device)
     videos: dict[str, _Video] = {}
     counts = GapCounts.zeros(settings.gaps)
+    per_video: dict[str, GapCounts] = {}
     seconds, n_objects = [], 0
 
     def pool(batch: list[tuple[_Frame, np.ndarray, tuple[int, int]]]) -> None:
@@ -210,7 +212,9 @@ def tracking_counts(
     def finish(name: str) -> None:
         nonlocal counts, n_objects
         video = videos.pop(name)
-        counts += match_video(video.x, video.frame, video.track, video.category, settings.gaps, settings.metric)
+        per_video[name] = match_video(video.x, video.frame, video.track, video.category, settings.gaps,
+                                      settings.metric)
+        counts += per_video[name]
         seconds.append(time.perf_counter() - video.started)
         n_objects += len(video.x)
         log.info("%s %s: %d frames, %d objects, %.2f s", dataset, name, len(by_video[name]), len(video.x),
@@ -232,7 +236,22 @@ def tracking_counts(
             f"{dataset} ({len(by_video)} videos, {len(empty)} without kept boxes): no object of any frame is "
             f"found again at any gap {list(settings.gaps)}; nothing to score ({features_path})"
         )
-    return counts, record
+    return counts, record, per_video
+
+
+#: A video's addends per gap in the sidecar (``GapCounts`` fields); ``pairs`` is written for every video.
+VIDEO_STATS = ("pairs", "pair_acc_instance", "pair_acc_category", "queries", "correct_instance", "correct_category")
+
+
+def video_units(per_video: Mapping[str, GapCounts], gaps, *, level_prefix: str = "", **keys: Any) -> list[pd.DataFrame]:
+    """Sidecar rows (``evaluation.units``): per gap (level ``delta=<gap>``) and video (the unit), ``VIDEO_STATS``."""
+    videos = sorted(per_video)
+    out = []
+    for i, gap in enumerate(gaps):
+        values = np.array([[getattr(per_video[v], stat)[i] for stat in VIDEO_STATS] for v in videos], dtype=np.float64)
+        out.append(unit_frame({**keys, "level": f"{level_prefix}delta={int(gap)}"}, videos,
+                              [("all", stat) for stat in VIDEO_STATS], values.reshape(len(videos), -1), total=0))
+    return out
 
 
 def _last_layer(attrs: Mapping[str, Any]) -> int:
@@ -242,11 +261,16 @@ def _last_layer(attrs: Mapping[str, Any]) -> int:
 def tracking_rows(
     model: str, features_path: PathLike, manifest: pd.DataFrame | PathLike, *, experiment: str, dataset: str,
     root: PathLike, split: str, settings: TrackingSettings, variant: str = "clean", level_prefix: str = "",
+    units: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """Same-instance / same-category accuracy per gap of ``model`` (one row per gap and metric)."""
+    """Same-instance / same-category accuracy per gap of ``model`` (one row per gap and metric); ``units``: a list
+    to append each video's counts to (:func:`video_units`)."""
     table = manifest if isinstance(manifest, pd.DataFrame) else pd.read_csv(manifest, dtype={"sample_id": str, "video": str})
-    counts, record = tracking_counts(features_path, table, dataset=dataset, root=root, split=split,
-                                     settings=settings, model=model, variant=variant)
+    counts, record, per_video = tracking_counts(features_path, table, dataset=dataset, root=root, split=split,
+                                                settings=settings, model=model, variant=variant)
+    if units is not None:
+        units += video_units(per_video, counts.gaps, level_prefix=level_prefix, experiment=experiment, model=model,
+                             probe="none", layer=record["layer"])
     attrs = read_attrs(features_path)
     prov = {**provenance(attrs, probe="none", knn_metric=""), "knn_metric": settings.metric}
     common = {"similarity": settings.metric, "roi_size": settings.roi_size, "sampling_ratio": SAMPLING_RATIO,
