@@ -117,6 +117,10 @@ def test_position_r2_matches_sklearn_and_separates_planted_position():
     pooled = position_stats(pred, y_val, image, 10).sum(axis=0)
     assert position_r2(pooled) == pytest.approx(r2_score(y_val, pred), abs=1e-10)
     assert position_r2(pooled) > 0.99
+    # Stored features are float32: the Gram is then a float32 product per block, summed in float64.
+    pred32 = fit_ridge(x_train.astype(np.float32), y_train, block=64)(x_val.astype(np.float32))
+    np.testing.assert_allclose(pred32, Ridge(alpha=1.0).fit(x_train.astype(np.float32).astype(np.float64),
+                                                            y_train).predict(x_val.astype(np.float32)), atol=1e-5)
     x_none = noise(len(y_train)), noise(len(y_val))  # no position in the features
     pred = fit_ridge(x_none[0], y_train)(x_none[1])
     assert position_r2(position_stats(pred, y_val, image, 10).sum(axis=0)) < 0.05

