@@ -75,6 +75,18 @@ def test_band_mask_radii_are_fractions_of_nyquist():
     assert wide[16, 32 + 17] and not wide[16, 32 + 18]
 
 
+@pytest.mark.parametrize("shape", [(32, 48, 3), (31, 45, 3), (64, 64, 1)])
+def test_band_noise_is_the_papers_full_spectrum_formula(shape):
+    """Re(ifft2(ifftshift(M * fftshift(fft2(N))))) with N drawn from the same generator, even and odd sizes."""
+    band = (0.25, 0.3)
+    n = np.random.default_rng(5).normal(0.0, 40.0, size=shape)
+    mask = band_mask(shape[0], shape[1], *band)[:, :, None]
+    expected = np.fft.ifft2(np.fft.ifftshift(np.fft.fftshift(np.fft.fft2(n, axes=(0, 1)), axes=(0, 1)) * mask,
+                                             axes=(0, 1)), axes=(0, 1)).real
+    np.testing.assert_allclose(band_noise(shape, band, rng=np.random.default_rng(5), sigma=40.0), expected,
+                               atol=1e-9)
+
+
 @pytest.mark.parametrize("shape", [(64, 96, 3), (63, 65, 3)])
 @pytest.mark.parametrize("band", FREQUENCY_BANDS)
 def test_band_noise_energy_is_inside_the_band(shape, band):

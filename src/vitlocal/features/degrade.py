@@ -22,6 +22,7 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import NamedTuple, Sequence
 
@@ -117,9 +118,22 @@ def band_noise(
     """
     h, w = int(shape[0]), int(shape[1])
     noise = _generator(rng).normal(0.0, sigma, size=tuple(shape))
-    mask = band_mask(h, w, *band)[:, :, None]
-    spectrum = np.fft.fftshift(np.fft.fft2(noise, axes=(0, 1)), axes=(0, 1)) * mask
-    return np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(0, 1)), axes=(0, 1)).real
+    spectrum = np.fft.rfft2(noise, axes=(0, 1)) * _half_band_mask(h, w, *band)[:, :, None]
+    return np.fft.irfft2(spectrum, s=(h, w), axes=(0, 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _half_band_mask(h: int, w: int, r_inner: float, r_outer: float) -> np.ndarray:
+    """:func:`band_mask` unshifted and cut to ``rfft2``'s half spectrum (read-only, cached per size and band).
+
+    The ring is point-symmetric, so the masked spectrum of real noise is
+    Hermitian and ``irfft2`` of its half equals ``Re(ifft2(...))`` of the whole
+    (to rounding) at ~1/3 of the cost: the demo adds frequency noise to every
+    FAIR1M crop and Cityscapes val image at each band.
+    """
+    mask = np.fft.ifftshift(band_mask(h, w, r_inner, r_outer))[:, : w // 2 + 1].copy()
+    mask.flags.writeable = False
+    return mask
 
 
 def frequency_noise(
