@@ -190,7 +190,7 @@ def test_card_shows_the_new_rows_with_definitions(planted_card):
     assert entries.loc["cost, BatchNorm-standardised", "section"] == "cost"
 
 
-def test_only_dvt_models_read_dvt_files_and_stage1():
+def test_only_dvt_models_read_dvt_files_and_stage1_and_only_with_card_dvt():
     from snakemake.utils import validate
 
     config = load_config("config/demo.yaml")
@@ -203,3 +203,6 @@ def test_only_dvt_models_read_dvt_files_and_stage1():
     assert dino["dvt"]["checkpoint"] == "results/demo/dvt/stage2/dino.pt"
     assert "stage1" not in tiny and "dvt" not in tiny
     assert tiny["train_manifest"] == layout.manifest("cityscapes", layout.main_train_set)
+    # card.dvt off (config.yaml's default): no card reads DVT, so no card_<model> builds DVT for the grey models.
+    off = Layout({**config, "card": {**config["card"], "dvt": False}}, "results/demo")
+    assert "stage1" not in EXPERIMENTS["card"].inputs(off, "dino") and "dvt" not in EXPERIMENTS["card"].inputs(off, "dino")

@@ -3,9 +3,10 @@
 The ``card`` experiment reads the last layer of the model's Cityscapes train
 and val features once and computes the card's own diagnostics, each with a
 95 % bootstrap interval over the val images (``compute``): the best m of the
-top-m removal is chosen on held-out training images, never on val; a model of
-``dvt.models`` also gets the DVT post-processor (the dvt study's denoised files,
-its denoiser timed) and DVT's artifact share (its stage-1 file). The card itself
+top-m removal is chosen on held-out training images, never on val; with
+``card.dvt`` on, a model of ``dvt.models`` also gets the DVT post-processor (the
+dvt study's denoised files, its denoiser timed) and DVT's artifact share (its
+stage-1 file). The card itself
 (``figures``) adds what the other studies' experiment CSVs say about the model
 (``summary``), each number with its interval from the per-unit statistics those
 experiments write beside their CSVs (``evaluation.units``); the models of
@@ -34,14 +35,26 @@ READABLE = {
 
 
 def card_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``card.*`` with defaults: models (null: ``study_models``), reads, resamples."""
+    """``card.*`` with defaults: models (null: ``study_models``), reads, resamples, dvt."""
     card = dict(config.get("card") or {})
     models = card.get("models")
     return {
         "models": list(config.get("study_models", []) if models is None else models),
         "reads": list(card.get("reads", list(READABLE))),
         "resamples": int(card.get("resamples", 1000)),
+        "dvt": bool(card.get("dvt", False)),
     }
+
+
+def card_dvt_models(config: Mapping[str, Any]) -> list[str]:
+    """Carded models whose card has the DVT rows: those of ``dvt.models`` when ``card.dvt`` is on.
+
+    Off by default: every card draws the other carded models' card CSVs in grey, so with it on
+    ``snakemake card_<any model>`` builds DVT's stages 1-2 for each of them (~42 GPU-hours per ViT-B).
+    """
+    from ..dvt import dvt_models
+
+    return [m for m in dvt_models(config) if m in card_settings(config)["models"]] if card_settings(config)["dvt"] else []
 
 
 def card_models(layout) -> list[str]:
@@ -82,9 +95,8 @@ def card_reads(layout, model: str) -> list[str]:
 
 
 def _inputs(layout, model):
-    """The last layer's train and val files and manifests; for a model of ``dvt.models`` also the dvt study's
-    denoised files, its denoiser (timed on val) and its stage-1 file (the artifact share)."""
-    from ..dvt import dvt_models
+    """The last layer's train and val files and manifests; for a model of ``card_dvt_models`` also the dvt
+    study's denoised files, its denoiser (timed on val) and its stage-1 file (the artifact share)."""
     from ..dvt.wiring import checkpoint_path, stage1_path
 
     train = layout.main_train_set
@@ -92,7 +104,7 @@ def _inputs(layout, model):
               "val": layout.feature_file("cityscapes", "val", model),
               "train_manifest": layout.manifest("cityscapes", train),
               "val_manifest": layout.manifest("cityscapes", "val")}
-    if model in dvt_models(layout.config):
+    if model in card_dvt_models(layout.config):
         inputs["dvt"] = {"train": layout.feature_file("cityscapes", train, model, layout.denoised()),
                          "val": layout.feature_file("cityscapes", "val", model, layout.denoised()),
                          "checkpoint": checkpoint_path(layout.config, layout.results, model)}
@@ -115,6 +127,6 @@ def _card(job):
 STUDY = Study(
     name="card",
     experiments={"card": Experiment(_card, _inputs, config_keys=(
-        "card.resamples", "variance.removed_dims", "probes", "seed", "device", "datasets.cityscapes"))},
+        "card.resamples", "card.dvt", "variance.removed_dims", "probes", "seed", "device", "datasets.cityscapes"))},
     outputs={"cards": Output("table", jobs=card_jobs, title="Local-feature cards: comparison of every carded model")},
 )
