@@ -18,7 +18,7 @@ real sizes:
   (per-image confusion matrices of the 12 k-NN levels and the linear probe: the
   label PNGs decoded once, then cached), ``bootstrap`` (19 numbers x 1,000
   resamples, at the real 30 images), ``variance`` (per-image sums), ``high_norm``
-  and ``ridge`` (float64 Gram of the training patches, position R²);
+  and ``ridge`` (Gram of the training patches, float32 blocks summed in float64; position R²);
 - GPU-bound: the 12 exact 1-NN searches and the linear probe, counted by
   ``fullsize_work``'s ``card`` planner and costed like every other experiment's
   (``fullsize_costs.gpu_costs``: bench/gpu.py's figures where given, else the
