@@ -3,17 +3,13 @@
 # (src/vitlocal/studies/). Figures combine models.
 #
 # How they are cut into jobs is `experiment_jobs` (config.yaml): one job per
-# (experiment, model), or one per (study, model) running the study's
-# experiments one after another (studies.base.experiment_groups).
+# (experiment, model), one per (study, model) running the study's experiments
+# one after another, or one per study for every model
+# (studies.base.experiment_groups).
 
 from vitlocal.studies.base import experiment_groups
 
 EXPERIMENT_GROUPS = experiment_groups(experiment_jobs(), STUDY_OF, config["experiment_jobs"])
-
-
-def group_params(group, what):
-    """``{experiment: what(experiment, model)}`` over a group's experiments."""
-    return {name: what(name, group.model) for name in group.experiments}
 
 
 for _group in EXPERIMENT_GROUPS:
@@ -22,17 +18,15 @@ for _group in EXPERIMENT_GROUPS:
         name:
             _group.rule
         input:
-            [path for name in _group.experiments for path in flatten(experiment_inputs(name, _group.model))],
+            list(dict.fromkeys(path for e, m in _group.jobs for path in flatten(experiment_inputs(e, m)))),
         output:
-            tables=[experiment_file(name, _group.model) for name in _group.experiments],
+            tables=[experiment_file(e, m) for e, m in _group.jobs],
             # Per-unit statistics beside the CSVs of the experiments that write them (the card's intervals).
-            units=[experiment_units(name, _group.model) for name in _group.experiments if EXPERIMENTS[name].units],
+            units=[experiment_units(e, m) for e, m in _group.jobs if EXPERIMENTS[e].units],
         params:
-            model=_group.model,
-            experiments=list(_group.experiments),
-            inputs=group_params(_group, experiment_inputs),
-            settings=group_params(_group, experiment_settings),
-            config=group_params(_group, experiment_config),
+            # One entry per (experiment, model), in the order of output.tables.
+            jobs=[{"experiment": e, "model": m, "inputs": experiment_inputs(e, m), "settings": experiment_settings(e, m),
+                   "config": experiment_config(e, m)} for e, m in _group.jobs],
         threads: config["extraction"]["threads"]
         resources:
             gpu=int(any(EXPERIMENTS[name].gpu for name in _group.experiments)),

@@ -1,5 +1,5 @@
-"""Snakemake entry point: one experiment job (one experiment, or a study's) for one model -> tidy CSVs
-(rules/experiments.smk)."""
+"""Snakemake entry point: one experiment job (one experiment and model, a study's for a model, or a study's for
+every model) -> tidy CSVs (rules/experiments.smk)."""
 
 import sys
 from pathlib import Path
@@ -19,16 +19,15 @@ from vitlocal.workflow import rule_logging
 with rule_logging(snakemake.log[0]) as log:  # noqa: F821 (injected by Snakemake)
     sm = snakemake  # noqa: F821
     torch.set_num_threads(sm.threads)
-    model = sm.params.model
     # The sidecars of the experiments that write per-unit statistics, in the group's order (rules/experiments.smk).
-    sidecars = dict(zip([name for name in sm.params.experiments if experiment(name).units], sm.output.units))
-    for name, table in zip(sm.params.experiments, sm.output.tables):
+    sidecars = iter(sm.output.units)
+    for job, table in zip(sm.params.jobs, sm.output.tables):
+        name, model = job["experiment"], job["model"]
         # Only the declared keys (the rule's params): an undeclared read fails instead of missing a rerun.
-        config = ConfigView(sm.params.config[name], experiment(name).keys(sm.config, model), model,
-                            owner=f"experiment {name}")
+        config = ConfigView(job["config"], experiment(name).keys(sm.config, model), model, owner=f"experiment {name}")
         units = []
-        rows = run_experiment(name, model, sm.params.inputs[name], sm.params.settings[name], config, units)
-        if name in sidecars:
-            write_units(units, sidecars[name])
+        rows = run_experiment(name, model, job["inputs"], job["settings"], config, units)
+        if experiment(name).units:
+            write_units(units, next(sidecars))
         write_csv(rows, table)
         log.info("%s/%s: %d rows -> %s", name, model, len(rows), table)

@@ -81,7 +81,7 @@ def test_plan_does_not_depend_on_the_order_files_are_read_in():
     assert plan(shuffled) == plan(PATHS)
 
 
-def test_experiment_groups_per_experiment_and_per_study():
+def test_experiment_groups_per_experiment_per_study_and_per_study_all_models():
     study_of = {"layerwise": "probing", "ade20k": "probing", "r2": "variance"}
     jobs = [("layerwise", "dino"), ("ade20k", "dino"), ("r2", "dino"), ("layerwise", "mae"), ("layerwise", "dino")]
     per_experiment = experiment_groups(jobs, study_of, "per_experiment")
@@ -96,6 +96,12 @@ def test_experiment_groups_per_experiment_and_per_study():
     assert (per_experiment[1].rule, per_experiment[1].log_name) == ("experiment_layerwise_dino",
                                                                     "experiments/layerwise/dino")
     assert (per_study[0].rule, per_study[0].log_name) == ("study_probing_dino", "studies/probing/dino")
+    # One job per study for every model: each (experiment, model) once, in the order the outputs drew them.
+    all_models = experiment_groups(jobs, study_of, "per_study_all_models")
+    assert [(g.rule, g.log_name, g.jobs) for g in all_models] == [
+        ("study_probing", "studies/probing", (("layerwise", "dino"), ("ade20k", "dino"), ("layerwise", "mae"))),
+        ("study_variance", "studies/variance", (("r2", "dino"),))]
+    assert sorted(p for g in all_models for p in g.jobs) == sorted(p for g in per_experiment for p in g.jobs)
     with pytest.raises(ConfigError, match="experiment_jobs"):
         experiment_groups(jobs, study_of, "per_model")
 

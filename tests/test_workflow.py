@@ -10,7 +10,7 @@ import yaml
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
 
-from conftest import PROJECT
+from conftest import PROJECT, load_config
 
 #: The experiments whose numbers the card reads: each writes per-unit statistics beside its CSV (issue 22).
 UNIT_EXPERIMENTS = ("train_size", "layerwise", "degradation", "ade20k", "fair1m_retrieval", "tracking")
@@ -73,10 +73,14 @@ def test_demo_dry_run_generates_its_data(tmp_path):
     )
     assert all(path.startswith("results/demo/") for outs in jobs.values() for path in outs)
     assert "download_weights" not in jobs  # random weights need no checkpoint
-    # The demo: one experiment job per (study, model), all of the study's CSVs for that model.
-    assert sorted(jobs["study_probing_dino"]) == sorted(
-        f"results/demo/experiments/{e}/dino.{suffix}" for e in ("layerwise", "train_size", "degradation", "ade20k")
-        for suffix in ("csv", "units.parquet"))
+    # The demo: one experiment job per study, all of the study's CSVs for every model it runs.
+    demo = load_config("config/demo.yaml")
+    card_only = [m for m in demo["card"]["models"] if m not in demo["study_models"]]  # their layerwise k-NN
+    assert sorted(jobs["study_probing"]) == sorted(
+        [f"results/demo/experiments/{e}/{m}.{suffix}" for e in ("layerwise", "train_size", "degradation", "ade20k")
+         for m in demo["study_models"] for suffix in ("csv", "units.parquet")]
+        + [f"results/demo/experiments/layerwise/{m}.{suffix}" for m in card_only for suffix in ("csv", "units.parquet")])
+    assert not any(rule.startswith(("experiment_", "study_probing_")) for rule in jobs)
 
 
 def test_bad_key_stops_before_any_job(tmp_path):

@@ -292,27 +292,33 @@ def concat_results(paths: Sequence[str]) -> pd.DataFrame:
 
 
 #: How experiment jobs are cut (config ``experiment_jobs``).
-EXPERIMENT_JOB_MODES = ("per_experiment", "per_study")
+EXPERIMENT_JOB_MODES = ("per_experiment", "per_study", "per_study_all_models")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentGroup:
-    """The experiments of one job: one (experiment, model), or every experiment of a study for a model."""
+    """The ``(experiment, model)`` pairs one job runs, in order: one pair, a study's experiments for one model,
+    or a study's experiments for every model (``model`` None)."""
 
-    name: str  #: the experiment's name, or the study's (``per_study``)
-    model: str
-    experiments: tuple[str, ...]
+    name: str  #: the experiment's name, or the study's
+    model: str | None
+    jobs: tuple[tuple[str, str], ...]
     per_study: bool = False
 
     @property
     def rule(self) -> str:
-        """``experiment_<experiment>_<model>`` or ``study_<study>_<model>``."""
-        return f"{'study' if self.per_study else 'experiment'}_{self.name}_{self.model}"
+        """``experiment_<experiment>_<model>``, ``study_<study>_<model>`` or ``study_<study>``."""
+        return f"{'study' if self.per_study else 'experiment'}_{self.name}" + (f"_{self.model}" if self.model else "")
 
     @property
     def log_name(self) -> str:
-        """``experiments/<experiment>/<model>`` or ``studies/<study>/<model>`` (logs, benchmarks)."""
-        return f"{'studies' if self.per_study else 'experiments'}/{self.name}/{self.model}"
+        """``experiments/<experiment>/<model>``, ``studies/<study>/<model>`` or ``studies/<study>`` (logs,
+        benchmarks)."""
+        return f"{'studies' if self.per_study else 'experiments'}/{self.name}" + (f"/{self.model}" if self.model else "")
+
+    @property
+    def experiments(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(e for e, _ in self.jobs))
 
 
 def experiment_groups(jobs: Sequence[tuple[str, str]], study_of: Mapping[str, str], mode: str) -> list[ExperimentGroup]:
@@ -323,13 +329,19 @@ def experiment_groups(jobs: Sequence[tuple[str, str]], study_of: Mapping[str, st
     ``per_study``: one job per (study, model), running its experiments in
     registry order (each job pays torch's import once; a setting read by one
     experiment reruns the study's others for that model too).
+    ``per_study_all_models``: one job per study for every model (fewest imports;
+    any change reruns the study for every model, and its models run one after
+    another).
     """
     if mode not in EXPERIMENT_JOB_MODES:
         raise ConfigError(f"experiment_jobs {mode!r}; expected one of {', '.join(EXPERIMENT_JOB_MODES)}")
-    groups: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for experiment, model in jobs:
-        key = (experiment if mode == "per_experiment" else study_of[experiment], model)
-        if experiment not in groups.setdefault(key, []):
-            groups[key].append(experiment)
-    per_study = mode == "per_study"
-    return [ExperimentGroup(name, model, tuple(names), per_study) for (name, model), names in sorted(groups.items())]
+        if mode == "per_experiment":
+            key = (experiment, model)
+        else:
+            key = (study_of[experiment], model if mode == "per_study" else "")
+        if (experiment, model) not in groups.setdefault(key, []):
+            groups[key].append((experiment, model))
+    per_study = mode != "per_experiment"
+    return [ExperimentGroup(name, model or None, tuple(pairs), per_study) for (name, model), pairs in sorted(groups.items())]
