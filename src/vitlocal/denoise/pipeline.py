@@ -14,13 +14,11 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .. import __version__
 from ..errors import ConfigError
 from ..features.pipeline import load_manifest, resolve_device
 from ..features.sources import base_tiling, make_source
