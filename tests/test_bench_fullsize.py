@@ -105,25 +105,30 @@ def test_gpu_costs_from_a_results_json(fullsize):
     assert "not measured" in sources["knn_s_per_gflop"]
 
 
-def test_card_projection_scales_the_measured_parts_and_counts_its_searches(work):
+@pytest.mark.parametrize("card_dvt", [False, True])
+def test_card_projection_scales_the_measured_parts_and_counts_its_searches(fullsize, card_dvt):
     """The card line: CPU parts at the ViT-B reference for dino, scaled by rows (and width^2 for the ridge) for
     DINOv2's 16 x 16 patches; GPU parts: the k-NN searches (raw, each top-m removal, BatchNorm; for each m the
-    held-out quarter of the train images against the rest; DVT's files for a model of dvt.models) and the linear
-    probes (raw, best m, BatchNorm; DVT's), from the card's protocol (studies/card/compute.py)."""
+    held-out quarter of the train images against the rest; with card.dvt, DVT's files for a model of dvt.models)
+    and the linear probes (raw, best m, BatchNorm; DVT's), from the card's protocol (studies/card/compute.py)."""
     card = bench_module("fullsize_card")
+    config = yaml.safe_load((PROJECT / "config.yaml").read_text())
+    assert config["card"]["dvt"] is False  # config.yaml: no card needs DVT unless asked
+    config["card"]["dvt"] = card_dvt
+    work = fullsize.Work(config)
     measured = {"dim": 768, "reference_s": {part: 1.0 for part in card.CPU_PARTS}}
     gpu = {"knn_s_per_gflop": 1e-3, "linear_s_per_100k_epoch": 0.5, "dvt_denoise_s_per_tile": 0.01}
     out = card.project(work, measured, gpu)
     dino, dinov2 = out["dino"], out["dinov2"]
     assert dino["cpu_s"] == {part: pytest.approx(1.0) for part in card.CPU_PARTS}
-    config = yaml.safe_load((PROJECT / "config.yaml").read_text())
     removed = [m for m in config["variance"]["removed_dims"] if 0 <= m < 768]
     train, val = 451_584, 188_160
-    val_dims = 768 + sum(768 - m for m in removed if m > 0) + 768 + 768  # raw, top-m, BatchNorm, DVT
+    val_dims = 768 + sum(768 - m for m in removed if m > 0) + 768 + 768 * card_dvt  # raw, top-m, BatchNorm, DVT
     held_out = sum(2 * round(0.75 * train) * round(0.25 * train) * (768 - m) for m in sorted(set(removed)))
     assert "dino" in config["dvt"]["models"]
     assert dino["units"]["knn_gflop"] == pytest.approx((2 * train * val * val_dims + held_out) / 1e9)
-    assert dino["gpu_s"]["linear"] == pytest.approx(4 * train * 100 / 1e5 * 0.5)  # raw, best m, BatchNorm, DVT
-    assert dino["gpu_s"]["dvt_denoise"] == pytest.approx(30 * 32 * 0.01)  # 30 val images x 32 tiles
+    probes = 4 if card_dvt else 3  # raw, best m, BatchNorm (, DVT)
+    assert dino["gpu_s"]["linear"] == pytest.approx(probes * train * 100 / 1e5 * 0.5)
+    assert dino["gpu_s"].get("dvt_denoise", 0) == pytest.approx(30 * 32 * 0.01 * card_dvt)  # 30 val images x 32 tiles
     assert dinov2["cpu_s"]["ridge"] == pytest.approx(256 / 196) and dinov2["cpu_s"]["bootstrap"] == 1.0
     assert dino["total_s"] == pytest.approx(len(card.CPU_PARTS) + sum(dino["gpu_s"].values()))
