@@ -154,6 +154,20 @@ def test_frame_size_reruns_only_video_extraction(up_to_date):
                                              for m in DEMO["tracking_models"]}
 
 
+def test_card_dvt_reruns_only_the_cards_that_read_dvt(up_to_date):
+    """card.dvt changes what the card of a carded model of dvt.models reads (DVT's files), nothing else: its job
+    reruns because its set of input files changed; the other cards' jobs keep their inputs and params."""
+    assert DEMO["card"]["dvt"] and DVT == ["dino"] and "tiny_reg4" in CARD
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        dag_api = _workflow(api, up_to_date, {"card": {**DEMO["card"], "dvt": False}}).dag(DAGSettings(targets={"all"}))
+        dag_api.execute_workflow(executor="dryrun")
+        dag = dag_api.workflow_api._workflow.dag
+        reasons = {job_key(job): dag.reason(job) for job in dag.jobs if job.rule.name != "all"}
+    assert {key for key, reason in reasons.items() if reason.input_changed} == {("experiment_card_dino",)}
+    # (its params carry its inputs, so they change with them; no other job's do)
+    assert {key for key, reason in reasons.items() if reason.params_changed} <= {("experiment_card_dino",)}
+
+
 def test_config_view_refuses_undeclared_keys():
     config = {"seed": 3, "probes": {"knn_k": 1, "knn_metric": "dot"}, "models": {"mae": {"seed": 4}, "dino": {}}}
     view = ConfigView(config, ("probes.knn_metric", "models.{model}"), "mae", owner="experiment x")

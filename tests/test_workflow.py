@@ -81,6 +81,10 @@ def test_demo_dry_run_generates_its_data(tmp_path):
          for m in demo["study_models"] for suffix in ("csv", "units.parquet")]
         + [f"results/demo/experiments/layerwise/{m}.{suffix}" for m in card_only for suffix in ("csv", "units.parquet")])
     assert not any(rule.startswith(("experiment_", "study_probing_")) for rule in jobs)
+    # figure_jobs: per_study: one job draws every output of the probing study drawn from CSVs, Fig 2's among them;
+    # `fig2` itself is a target rule of those files, not a job.
+    assert {"results/demo/figures/fig2/fig2.png", "results/demo/figures/table2/table2.csv"} <= set(jobs["figures_probing"])
+    assert not {"fig2", "table2"} & set(jobs)
 
 
 def test_bad_key_stops_before_any_job(tmp_path):

@@ -7,7 +7,9 @@ PNGs stay 16-bit).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,16 @@ def check_same_size(image: np.ndarray, labels: np.ndarray, label_path) -> None:
             f"label map {label_path} is {labels.shape[1]}x{labels.shape[0]} but its "
             f"image is {image.shape[1]}x{image.shape[0]} (width x height)"
         )
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .config import DATASETS
 from .errors import ConfigError
+from .io import atomic_output
 
 #: The authors' Cityscapes lists shipped with the project (config/subsets/cityscapes).
 DEFAULT_CITYSCAPES_LISTS = Path("config/subsets/cityscapes")
@@ -114,14 +115,8 @@ def select_subset(
 
 def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write atomically: a crash never leaves a manifest that looks complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         manifest.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:

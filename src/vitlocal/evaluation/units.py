@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ..io import atomic_output
 
 UNIT_COLUMNS = ("experiment", "model", "probe", "layer", "level", "class", "unit", "stat", "value")
 #: Per-image, per-class addends of a segmentation score (``SegmentationResult.per_image``'s last axis).
@@ -62,20 +63,14 @@ def segmentation_units(per_image: np.ndarray, image_ids: Sequence[str], class_na
 
 
 def write_units(frames: Sequence[pd.DataFrame], path: str | os.PathLike) -> None:
-    """One parquet of every frame, written to a temporary file and moved into place (as ``write_csv``)."""
+    """One parquet of every frame, written atomically (as ``write_csv``)."""
     if not frames:
         raise ValueError(f"{path}: no per-unit statistics to write")
     table = pd.concat(frames, ignore_index=True)[list(UNIT_COLUMNS)]
     for column in ("experiment", "model", "probe", "level", "class", "stat"):
         table[column] = table[column].astype("category")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_units(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:

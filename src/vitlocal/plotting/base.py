@@ -12,7 +12,6 @@ byte-identical. Demo outputs get a banner stamped across the figure.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +25,7 @@ import matplotlib.colors as mcolors  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from ..io import atomic_output  # noqa: E402  (re-exported: the writers below and the studies' figures)
 from ..reproduction import demo_subject  # noqa: E402
 
 PNG_DPI = 150
@@ -173,19 +173,6 @@ def stamp_demo(fig: Figure, subject: str | None = None) -> None:
 
 def has_demo_banner(fig: Figure) -> bool:
     return any(text.get_gid() == "demo-banner" for text in fig.texts)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_text(text: str, path: str | Path) -> None:

@@ -54,7 +54,8 @@ def card_dvt_models(config: Mapping[str, Any]) -> list[str]:
     """
     from ..dvt import dvt_models
 
-    return [m for m in dvt_models(config) if m in card_settings(config)["models"]] if card_settings(config)["dvt"] else []
+    settings = card_settings(config)
+    return [m for m in dvt_models(config) if m in settings["models"]] if settings["dvt"] else []
 
 
 def card_models(layout) -> list[str]:
@@ -127,6 +128,6 @@ def _card(job):
 STUDY = Study(
     name="card",
     experiments={"card": Experiment(_card, _inputs, config_keys=(
-        "card.resamples", "card.dvt", "variance.removed_dims", "probes", "seed", "device", "datasets.cityscapes"))},
+        "card.resamples", "variance.removed_dims", "probes", "seed", "device", "datasets.cityscapes"))},
     outputs={"cards": Output("table", jobs=card_jobs, title="Local-feature cards: comparison of every carded model")},
 )

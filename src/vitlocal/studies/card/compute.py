@@ -184,12 +184,13 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = RIDGE_ALPHA, block: i
     x = np.asarray(x)
     work = np.float32 if x.dtype in (np.float16, np.float32) else np.float64
     x_mean = x.mean(axis=0, dtype=np.float64)
+    centre = x_mean.astype(work)  # float16 rows minus it come out in float32
     y = np.asarray(y, dtype=np.float64)
     y_mean = y.mean(axis=0)
     gram = np.zeros((x.shape[1], x.shape[1]))
     xty = np.zeros((x.shape[1], y.shape[1]))
     for start in range(0, len(x), block):
-        xb = (x[start:start + block] - x_mean.astype(work)).astype(work, copy=False)
+        xb = x[start:start + block] - centre
         gram += xb.T @ xb
         xty += xb.T @ (y[start:start + block] - y_mean).astype(work)
     gram[np.diag_indices_from(gram)] += alpha

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError, CorruptFileError
-from ...plotting.base import atomic_output
+from ...io import atomic_output
 from ...evaluation.segmentation import RESULT_COLUMNS, resolve_device
 from ...io import read_rgb
 from ...models.registry import ModelSpec
