@@ -12,6 +12,9 @@
   their measured seconds; PDFs carry their creation date).
 
     python .ci/slurm_check.py --log snakemake.log --results DIR --expected DIR
+
+``--log`` alone checks the jobs (while the cluster is up); ``--results`` and
+``--expected`` alone compare the outputs (later, once the local run is done).
 """
 
 from __future__ import annotations
@@ -88,6 +91,15 @@ def most_concurrent(intervals: list[tuple[datetime, datetime]]) -> int:
     return best
 
 
+def _span(record: dict, first: datetime | None) -> str:
+    """``+start..+end s`` of a job from the run's first start: where the cluster run's time went."""
+    try:
+        start, end = (datetime.fromisoformat(record[k]) for k in ("Start", "End"))
+    except (KeyError, ValueError):
+        return ""
+    return f"+{(start - first).total_seconds():.0f}..+{(end - first).total_seconds():.0f} s"
+
+
 def without_timings(path: Path) -> dict[str, object]:
     """A stage-1 ``.npz`` as ``{name: array}``, less what a clock measured (``seconds_*`` arrays and attrs)."""
     with np.load(path, allow_pickle=False) as npz:
@@ -124,14 +136,29 @@ def output_differences(results: Path, expected: Path) -> tuple[int, list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log", type=Path, required=True, help="output of the snakemake run on SLURM")
-    parser.add_argument("--results", type=Path, required=True, help="results/demo of the SLURM run")
-    parser.add_argument("--expected", type=Path, required=True, help="results/demo of a local run")
+    parser.add_argument("--log", type=Path, help="output of the snakemake run on SLURM: check its jobs")
+    parser.add_argument("--results", type=Path, help="results/demo of the SLURM run")
+    parser.add_argument("--expected", type=Path, help="results/demo of a local run, to compare --results with")
     parser.add_argument("--concurrent", action="append", default=[], metavar="RULE",
                         help="a rule of which at least two jobs must have run at the same time")
     args = parser.parse_args()
+    if (args.results is None) != (args.expected is None) or not (args.log or args.results):
+        parser.error("give --log, or --results with --expected, or all three")
+    errors = job_errors(args.log, args.concurrent) if args.log else []
+    if args.results:
+        compared, differences = output_differences(args.results, args.expected)
+        if not compared:
+            errors.append(f"no outputs found under {args.results}")
+        errors += differences
+        print(f"{compared} outputs of the SLURM run compared with the local run's")
+    for error in errors:
+        print(f"FAIL: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
-    jobs = submitted_jobs(args.log.read_text())
+
+def job_errors(log: Path, concurrent_rules: list[str]) -> list[str]:
+    """Where each job of the run ran, what it was given, and whether GPU jobs (and each rule's) overlapped."""
+    jobs = submitted_jobs(log.read_text())
     records = sacct(sorted(jobs))
     errors = placement_errors(jobs, records)
     gpu_jobs = [i for i, job in jobs.items() if job["gpu"]]
@@ -141,27 +168,21 @@ def main() -> int:
                                   for i in gpu_jobs if i in records])
     if concurrent < 2:
         errors.append(f"GPU jobs never overlapped (at most {concurrent} at once on a node with two GPUs)")
-    for rule in args.concurrent:
+    for rule in concurrent_rules:
         ids = [i for i, job in jobs.items() if job["rule"] == rule and i in records]
         at_once = most_concurrent([(datetime.fromisoformat(records[i]["Start"]), datetime.fromisoformat(records[i]["End"]))
                                    for i in ids])
         print(f"{rule}: {len(ids)} jobs, at most {at_once} at once")
         if at_once < 2:
             errors.append(f"{rule}: {len(ids)} jobs, never two at once")
-    compared, differences = output_differences(args.results, args.expected)
-    if not compared:
-        errors.append(f"no outputs found under {args.results}")
-    errors += differences
-
+    starts = [datetime.fromisoformat(r["Start"]) for r in records.values() if r["Start"][:1].isdigit()]
+    first = min(starts) if starts else None
     for slurm_id, job in sorted(jobs.items(), key=lambda item: int(item[0])):
         record = records.get(slurm_id, {})
         print(f"{slurm_id:>4} {job['rule']:<28} gpu={job['gpu']} -> {record.get('Partition')} "
-              f"{record.get('AllocTRES')} {record.get('State')}")
-    print(f"{len(jobs)} jobs, {len(gpu_jobs)} on GPUs, at most {concurrent} GPU jobs at once; "
-          f"{compared} outputs compared with the local run")
-    for error in errors:
-        print(f"FAIL: {error}", file=sys.stderr)
-    return 1 if errors else 0
+              f"{record.get('AllocTRES')} {record.get('State')} {_span(record, first)}")
+    print(f"{len(jobs)} jobs, {len(gpu_jobs)} on GPUs, at most {concurrent} GPU jobs at once")
+    return errors
 
 
 if __name__ == "__main__":

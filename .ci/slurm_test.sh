@@ -6,23 +6,36 @@
 # the same time, and that the outputs equal a local run's.
 #
 #   .ci/slurm_test.sh [LOCAL_RESULTS]
+#   .ci/slurm_test.sh --keep WORKDIR
 #
-# LOCAL_RESULTS: results/demo of a local demo run (.ci/run passes its own);
-# without it, the targets are first built locally. Every daemon is stopped on exit.
+# LOCAL_RESULTS: results/demo of a local demo run; without it, the targets are
+# first built locally. --keep: the cluster run and its sacct checks only, in
+# WORKDIR (new or empty), whose repo/results/demo is left for a later
+#   .ci/slurm_check.py --results WORKDIR/repo/results/demo --expected results/demo
+# (.ci/run: the cluster run goes on beside the local demo). Every daemon is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS=(fig2 results/demo/dvt/stage1/dino.npz)
-local_results=${1:-}
-if [ -z "$local_results" ]; then
+keep=""
+local_results=""
+if [ "${1:-}" = "--keep" ]; then
+  keep=${2:?--keep needs a directory}
+elif [ -n "${1:-}" ]; then
+  local_results=$(realpath "$1")
+else
   snakemake --cores 2 "${TARGETS[@]}" --configfile config/demo.yaml --quiet
-  local_results=results/demo
+  local_results=$(realpath results/demo)
 fi
-local_results=$(realpath "$local_results")
 
 command -v slurmctld >/dev/null || .ci/slurm_cluster.sh install
-work=$(mktemp -d /tmp/vitlocal-slurm.XXXXXX)
+if [ -n "$keep" ]; then
+  mkdir -p "$keep" && work=$(realpath "$keep")
+else
+  work=$(mktemp -d /tmp/vitlocal-slurm.XXXXXX)
+fi
 chmod 755 "$work"  # the munge and mysql users run daemons in there
 trap '.ci/slurm_cluster.sh stop "$work/cluster"' EXIT
+trap 'exit 143' TERM  # killed (.ci/run, when its demo fails): the EXIT trap still stops the daemons
 .ci/slurm_cluster.sh start "$work/cluster"
 
 # A copy of the working tree (tracked and new files), so the cluster run has
@@ -48,9 +61,13 @@ for pass in "--omit-from dvt_stage1_shard" ""; do
 done
 echo "slurm_test: ${TARGETS[*]} on SLURM in $(( $(date +%s) - start )) s"
 
-python .ci/slurm_check.py --log "$work/snakemake.log" --concurrent dvt_stage1_shard \
-  --results "$work/repo/results/demo" --expected "$local_results"
+if [ -n "$keep" ]; then
+  python .ci/slurm_check.py --log "$work/snakemake.log" --concurrent dvt_stage1_shard
+else
+  python .ci/slurm_check.py --log "$work/snakemake.log" --concurrent dvt_stage1_shard \
+    --results "$work/repo/results/demo" --expected "$local_results"
+fi
 
 .ci/slurm_cluster.sh stop "$work/cluster"
 trap - EXIT
-rm -rf "$work"  # kept when a check fails, for its logs
+[ -n "$keep" ] || rm -rf "$work"  # kept when a check fails, for its logs

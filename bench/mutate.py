@@ -88,7 +88,7 @@ def run_tests(tests: list[str], timeout: float) -> tuple[int | None, str]:
     """Exit code of the tests (None on timeout) and the first failing test or error line."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # no mutant's .pyc left beside the restored original
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests]  # -n 0: in-process, -x exact
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

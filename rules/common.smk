@@ -25,6 +25,14 @@ PRESET = config["preset"]
 RESULTS = f"results/{PRESET}"
 LOGS = f"logs/{PRESET}"
 BENCHMARKS = f"benchmarks/{PRESET}"
+
+# Which ready job runs first when a run has fewer cores than ready jobs: the
+# data everything waits on; then any experiment job (the longest jobs, each
+# the start of a figure chain); then extraction, DVT and scene features, the
+# extraction jobs read by the most experiment jobs first (extraction_priority);
+# figures last (short jobs that fill the end of a run). On the demo a
+# stage-by-stage order left one core idle for two minutes (bench/RESULTS.md).
+PRIORITY = {"data": 100, "experiments": 50, "features": 1}
 DATASETS = dataset_names(config)
 SYNTHETIC_DATASETS = [d for d in DATASETS if config["datasets"][d]["source"] == "synthetic"]
 LAYOUT = Layout(config, RESULTS)
@@ -145,6 +153,13 @@ def feature_files():
     return list(files)
 
 
+def extraction_priority(paths):
+    """PRIORITY["features"] plus how many experiment jobs read any of ``paths``: the chains most wait on start first."""
+    paths = set(paths)
+    readers = sum(1 for e, m in experiment_jobs() if paths.intersection(flatten(experiment_inputs(e, m))))
+    return PRIORITY["features"] + min(readers, PRIORITY["experiments"] - PRIORITY["features"] - 1)
+
+
 def extraction_demand():
     """Every feature file read: the experiments' (feature_files), the raw files DVT denoises, Fig 13's."""
     from vitlocal.studies.dvt.wiring import denoised_pairs
@@ -164,7 +179,7 @@ VIDEO_DATASETS = ("bdd100k", "mot17")
 
 def extract_params(job):
     """The extraction settings of one job (features.plan.ExtractionJob): exactly what changes its files."""
-    dataset, model = job.dataset, job.model
+    dataset = job.dataset
     # Only the freqnoise-<i> files read the frequency-noise settings.
     frequency = ({"bands": config["degradations"]["frequency_bands"],
                   "freq_sigma": config["degradations"]["frequency_noise_sigma"]} if job.reads_frequency_noise else {})
@@ -172,8 +187,8 @@ def extract_params(job):
         dataset=dataset,
         root=lambda wildcards: dataset_root(dataset),  # synthetic data: an input of the job
         data_source=config["datasets"][dataset]["source"],
-        model_key=model,
-        model_overrides=model_overrides(model),
+        # The job's models, run in turn: each one's config entry (its weights file is an input).
+        models={model: model_overrides(model) for model in job.models},
         preset=PRESET,
         weights_dir=lambda wildcards: WEIGHTS_DIR,  # a function: the weights file itself is an input
         device=config["device"],

@@ -8,9 +8,7 @@ rule generate_synthetic_dataset:
     params:
         size=lambda wildcards: config["datasets"][wildcards.dataset]["synthetic_size"],
         seed=config["seed"],
-    # Seconds-long jobs every later job waits for: first, so that no chain (the demo's scene
-    # study once) becomes ready only near the end and runs alone on an idle machine.
-    priority: 10
+    priority: PRIORITY["data"]  # seconds-long jobs every later job waits for (rules/common.smk)
     log:
         f"{LOGS}/data/generate_synthetic_dataset/{{dataset}}.log",
     benchmark:

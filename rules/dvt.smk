@@ -48,6 +48,7 @@ rule dvt_stage1_shard:
         mem_mb=16000,
     wildcard_constraints:
         shard=r"\d{4}",
+    priority: PRIORITY["features"]
     log:
         f"{LOGS}/dvt/stage1/{{model}}/shard-{{shard}}.log",
     benchmark:
@@ -65,6 +66,7 @@ rule dvt_stage1:
         npz=stage1_path(RESULTS, "{model}"),
     resources:
         mem_mb=16000,
+    priority: PRIORITY["features"]
     log:
         f"{LOGS}/dvt/stage1/{{model}}.log",
     conda:
@@ -87,6 +89,7 @@ rule dvt_stage2:
     resources:
         gpu=1,
         mem_mb=16000,
+    priority: PRIORITY["features"]
     log:
         f"{LOGS}/dvt/stage2/{{model}}.log",
     benchmark:
@@ -119,6 +122,7 @@ for _model in DVT_MODELS:
         resources:
             gpu=1,
             mem_mb=8000,  # streamed row group by row group: torch + one group, whatever the file's size
+        priority: PRIORITY["features"]
         log:
             f"{LOGS}/dvt/features/{_model}.log",
         benchmark:

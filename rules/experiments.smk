@@ -32,6 +32,7 @@ for _group in EXPERIMENT_GROUPS:
             gpu=int(any(EXPERIMENTS[name].gpu for name in _group.experiments)),
             mem_mb=16000,
             runtime=240,  # minutes (paper preset)
+        priority: PRIORITY["experiments"]
         log:
             f"{LOGS}/{_group.log_name}.log",
         benchmark:

@@ -42,6 +42,7 @@ if SCENE_SETS:
         resources:
             gpu=1,
             mem_mb=16000,
+        priority: PRIORITY["features"]
         log:
             f"{LOGS}/features/scene/{{model}}.log",
         benchmark:

@@ -11,9 +11,7 @@ rule select_subset:
         root=lambda wildcards: dataset_root(wildcards.dataset),
         settings=lambda wildcards: config["subsets"].get(wildcards.dataset, {}),
         seed=config["seed"],
-    # Seconds-long jobs every later job waits for: first, so that no chain (the demo's scene
-    # study once) becomes ready only near the end and runs alone on an idle machine.
-    priority: 10
+    priority: PRIORITY["data"]  # seconds-long jobs every later job waits for (rules/common.smk)
     log:
         f"{LOGS}/subsets/{{dataset}}/{{subset}}.log",
     conda:

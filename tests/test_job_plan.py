@@ -57,7 +57,7 @@ def test_each_extracted_file_has_one_job_of_its_kind():
 
 
 def test_per_model_plan_makes_every_kind_in_one_job_per_dataset_and_model():
-    per_model = extraction_jobs(PATHS, R, ["cityscapes", "fair1m"], DEG, TRANS, per_model=True)
+    per_model = extraction_jobs(PATHS, R, ["cityscapes", "fair1m"], DEG, TRANS, cut="per_model")
     assert {job.name: [(x.subset, x.variant) for x in job.files] for job in per_model} == {
         "extract_cityscapes_dino": [("set4", "clean"), ("val", "clean"), ("val", "full"), ("val", "blur-2"),
                                     ("val", "noise-10")],
@@ -67,6 +67,21 @@ def test_per_model_plan_makes_every_kind_in_one_job_per_dataset_and_model():
     # The same files as the per-kind plan, each once.
     assert sorted(x.path for job in per_model for x in job.files) == sorted(x.path for job in plan(PATHS)
                                                                            for x in job.files)
+
+
+def test_per_dataset_plan_makes_every_model_and_kind_in_one_job_per_dataset():
+    per_dataset = extraction_jobs(PATHS, R, ["cityscapes", "fair1m"], DEG, TRANS, cut="per_dataset")
+    # Models in turn (sorted), each with its files in the per-model order.
+    assert {job.name: [(x.model, x.subset, x.variant) for x in job.files] for job in per_dataset} == {
+        "extract_cityscapes": [("dino", "set4", "clean"), ("dino", "val", "clean"), ("dino", "val", "full"),
+                               ("dino", "val", "blur-2"), ("dino", "val", "noise-10"), ("mae", "val", "clean")],
+        "extract_fair1m": [("dino", "train", "clean"), ("dino", "train", "blur-2"), ("dino", "train", "rotate-10")],
+    }
+    assert [job.models for job in per_dataset] == [["dino", "mae"], ["dino"]]
+    assert sorted(x.path for job in per_dataset for x in job.files) == sorted(x.path for job in plan(PATHS)
+                                                                             for x in job.files)
+    with pytest.raises(ValueError, match="extraction.jobs"):
+        extraction_jobs(PATHS, R, ["cityscapes"], DEG, TRANS, cut="per_subset")
 
 
 def test_only_a_job_with_a_frequency_noise_file_reads_the_frequency_settings():

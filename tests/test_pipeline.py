@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -11,17 +12,20 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from vitlocal.datasets import cityscapes, fair1m, ucmerced
 from vitlocal.errors import ConfigError
 from vitlocal.features import pipeline
 from vitlocal.features.pipeline import extract_features
-from vitlocal.features.sources import make_source
+from vitlocal.features.degrade import CropContext, apply_variant, derive_seed
+from vitlocal.features.sources import make_source, transform_objects
 from vitlocal.features.store import read_attrs, read_features
 from vitlocal.models.registry import resolve
 from vitlocal.subsets import select_subset
 from vitlocal.synthetic import generate
-from vitlocal.tiling import PRESETS, nearest_exact_indices, stitch
+from vitlocal.io import read_rgb
+from vitlocal.tiling import PRESETS, nearest_exact_indices, stitch, tile_image
 
 PROJECT = Path(__file__).resolve().parents[1]
 TINY = {"arch": "vit_tiny_patch16_224", "weights": "random", "seed": 1,
@@ -156,6 +160,40 @@ def test_fair1m_rotation_is_exact(data, crops):
     idx = nearest_exact_indices(224, 14)
     assert not np.array_equal(np.rot90(clean_map), clean_map)  # the check can fail
     np.testing.assert_array_equal(item.labels[0], np.rot90(clean_map)[np.ix_(idx, idx)])
+
+
+def test_fair1m_variants_of_one_job_equal_fresh_reads(data, crops, tmp_path):
+    """A job decodes each source image and rasterises each (crop, affine) once: every variant, in any order,
+    still sees the untouched source and its own labels, and a rewritten image file is decoded again."""
+    spec = resolve("dino", TINY)
+    order = ["rotate-10", "clean", "blur-4", "rotate-10", "shift-3", "clean"]
+    items = [make_source("fair1m", data / "fair1m", crops, spec, v)[0] for v in order]
+    for variant, item in zip(order, items):
+        # From scratch: the source decoded and the boxes moved and rasterised here, not through the caches.
+        row = crops.iloc[0]
+        source = read_rgb(data / "fair1m" / row["image_path"])
+        x0, y0, size = int(row["x0"]), int(row["y0"]), int(row["crop_size"])
+        crop = source[y0:y0 + size, x0:x0 + size]
+        image, affine = apply_variant(crop, variant, derive_seed(0, str(row["sample_id"])),
+                                      context=CropContext(source, x0, y0))
+        objects = transform_objects(fair1m.read_objects(data / "fair1m" / row["xml_path"]), affine, x0, y0)
+        labels = fair1m.rasterize(objects, x0, y0, size)
+        idx = nearest_exact_indices(224, 14)
+        np.testing.assert_array_equal(item.labels[0], labels[np.ix_(idx, idx)], err_msg=variant)
+        expected = make_source("fair1m", data / "fair1m", crops, spec, variant)
+        np.testing.assert_array_equal(item.tiles, tile_image(image, expected.tiling), err_msg=variant)
+    np.testing.assert_array_equal(items[0].tiles, items[3].tiles)
+    assert not np.array_equal(items[0].tiles, items[1].tiles)  # the check can fail
+
+    # The same path rewritten (a user's corrected image): decoded again, not served from the cache.
+    copy = tmp_path / "fair1m"
+    shutil.copytree(data / "fair1m", copy)
+    before = make_source("fair1m", copy, crops, spec, "clean")[0]
+    image_path = copy / crops.iloc[0]["image_path"]
+    inverted = 255 - read_rgb(image_path)
+    Image.fromarray(inverted).save(image_path, format="TIFF")
+    after = make_source("fair1m", copy, crops, spec, "clean")[0]
+    assert not np.array_equal(before.tiles, after.tiles)
 
 
 def test_whole_frame_mode(data, tmp_path):

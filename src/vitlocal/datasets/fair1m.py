@@ -517,13 +517,14 @@ def rasterize(objects, x0: float, y0: float, size: int) -> np.ndarray:
     return labels
 
 
-def read_crop(root: str | os.PathLike, row) -> tuple[np.ndarray, tuple[int, int, int]]:
+def read_crop(root: str | os.PathLike, row, read=read_rgb) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The whole source image of a manifest row and its crop window ``(x0, y0, size)``, bounds-checked.
 
     Geometric transforms need the surroundings of the crop, hence the whole image.
+    ``read``: how the image is decoded (a cache of decoded images: ``features.sources``).
     """
     image_path = Path(root, row["image_path"])
-    image = read_rgb(image_path)
+    image = read(str(image_path))
     x0, y0, size = int(row["x0"]), int(row["y0"]), int(row["crop_size"])
     h, w = image.shape[:2]
     if x0 < 0 or y0 < 0 or x0 + size > w or y0 + size > h:

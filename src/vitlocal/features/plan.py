@@ -6,9 +6,10 @@ transformed variants. Grouped by the settings they read (a new degradation
 level reruns only the degraded job, not the clean files every probe reads), and
 otherwise as large as the data: a job pays ~6 s of imports (torch, timm) and a
 model build before its first image, which on the demo's tiny data was most of
-its time (bench/RESULTS.md). ``extraction.jobs: per_model`` (the demo) makes
-all three one job: fewer imports, but a changed degradation or transform then
-reruns the model's clean files too.
+its time (bench/RESULTS.md). ``extraction.jobs: per_model`` makes all three
+one job, and ``per_dataset`` (the demo) one job for every model of a dataset,
+the models in turn: fewer imports, but a changed degradation, transform or
+model then reruns more files than it changes.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 
+#: ``extraction.jobs``: how finely the extracted files are cut into jobs, finest first.
+CUTS = ("per_kind", "per_model", "per_dataset")
+
 #: Variants of the tiles kind: the fixed-size tiles and the whole image (``features.sources.FULL``).
 TILE_VARIANTS = ("clean", "full")
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureFile:
+    model: str
     subset: str
     variant: str
     path: str
@@ -30,18 +35,25 @@ class FeatureFile:
 
 @dataclasses.dataclass(frozen=True)
 class ExtractionJob:
-    """The feature files one extraction job writes (one model, one dataset, one kind of variant)."""
+    """The feature files one extraction job writes (one dataset; one model and kind of variant unless cut coarser)."""
 
     dataset: str
-    model: str
-    kind: str  # "tiles" | "degraded" | "transformed" | "all" (extraction.jobs: per_model)
+    model: str | None  # None: every model of the dataset (extraction.jobs: per_dataset)
+    kind: str  # "tiles" | "degraded" | "transformed" | "all" (extraction.jobs: per_model, per_dataset)
     files: tuple[FeatureFile, ...]
 
     @property
     def name(self) -> str:
-        """The rule's name: ``extract_<dataset>_<model>`` (``_degraded`` / ``_transformed``)."""
+        """The rule's name: ``extract_<dataset>_<model>`` (``_degraded`` / ``_transformed``); ``extract_<dataset>``."""
+        if self.model is None:
+            return f"extract_{self.dataset}"
         suffix = "" if self.kind in ("tiles", "all") else f"_{self.kind}"
         return f"extract_{self.dataset}_{self.model}{suffix}"
+
+    @property
+    def models(self) -> list[str]:
+        """The models the job runs, in turn (sorted), each building its files before the next is built."""
+        return list(dict.fromkeys(f.model for f in self.files))
 
     @property
     def reads_frequency_noise(self) -> bool:
@@ -70,20 +82,24 @@ def extraction_jobs(
     datasets: Sequence[str],
     degraded: Sequence[str],
     transformed: Sequence[str],
-    per_model: bool = False,
+    cut: str = "per_kind",
 ) -> list[ExtractionJob]:
     """The jobs that make every extracted file among ``paths`` (each file once; others ignored).
 
-    ``per_model``: one job per (dataset, model) for every kind (``extraction.jobs: per_model``).
+    ``cut`` (``extraction.jobs``): ``per_kind``, one job per (dataset, model,
+    kind); ``per_model``, one per (dataset, model) for every kind;
+    ``per_dataset``, one per dataset for every model and kind.
 
     A feature file is ``<results>/features/<dataset>/<subset>/<model>/<variant>.parquet``.
     Files keep their order within a subset (variants as listed in ``degraded``
     / ``transformed``); subsets and jobs are sorted, so the plan does not depend
     on the order the experiments were registered in.
     """
+    if cut not in CUTS:
+        raise ValueError(f"extraction.jobs = {cut!r}: one of {', '.join(CUTS)}")
     pattern = re.compile(rf"^{re.escape(results)}/features/([^/]+)/([^/]+)/([^/]+)/([^/]+)\.parquet$")
     order = {v: i for i, v in enumerate([*TILE_VARIANTS, *degraded, *transformed])}
-    groups: dict[tuple[str, str, str], dict[str, FeatureFile]] = {}
+    groups: dict[tuple[str, str | None, str], dict[str, FeatureFile]] = {}
     for path in paths:
         match = pattern.match(path)
         if not match or match.group(1) not in datasets:
@@ -91,9 +107,10 @@ def extraction_jobs(
         dataset, subset, model, variant = match.groups()
         kind = variant_kind(variant, degraded, transformed)
         if kind is not None:
-            kind = "all" if per_model else kind
-            groups.setdefault((dataset, model, kind), {})[path] = FeatureFile(subset, variant, path)
+            key = (dataset, model, kind) if cut == "per_kind" else (dataset, model if cut == "per_model" else "", "all")
+            groups.setdefault(key, {})[path] = FeatureFile(model, subset, variant, path)
     return [
-        ExtractionJob(dataset, model, kind, tuple(sorted(files.values(), key=lambda f: (f.subset, order[f.variant]))))
+        ExtractionJob(dataset, model or None, kind,
+                      tuple(sorted(files.values(), key=lambda f: (f.model, f.subset, order[f.variant]))))
         for (dataset, model, kind), files in sorted(groups.items())
     ]

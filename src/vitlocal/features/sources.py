@@ -30,6 +30,7 @@ before any ``resize_to``: the resolution its labels are defined at.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import os
@@ -267,6 +268,50 @@ def _fair1m_objects(xml_path: str) -> tuple[fair1m.FairObject, ...]:
     return objects
 
 
+class _SourceImages:
+    """Decoded FAIR1M source images by path, least recently used first out past a byte budget.
+
+    A crop decodes its whole source image (geometric variants take real
+    surroundings), and one job makes every variant, often of several models, of
+    the same crops: each image is decoded once while the job's images fit
+    (the demo's 24 take 32 MB). Images are read-only, so no variant can change
+    another's pixels.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget, self.images = budget_bytes, collections.OrderedDict()
+
+    def read(self, path: str) -> np.ndarray:
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, stat.st_size)  # a rewritten file is decoded again
+        if key in self.images:
+            self.images.move_to_end(key)
+            return self.images[key]
+        image = read_rgb(path)
+        image.setflags(write=False)
+        self.images[key] = image
+        while len(self.images) > 1 and sum(i.nbytes for i in self.images.values()) > self.budget:
+            self.images.popitem(last=False)
+        return image
+
+
+_FAIR1M_SOURCES = _SourceImages(budget_bytes=1 << 30)
+
+
+@functools.lru_cache(maxsize=2048)
+def _fair1m_labels(xml_path: str, x0: int, y0: int, size: int, affine: bytes) -> np.ndarray:
+    """The label map of one crop under one variant's affine (``float64`` bytes, 2x3): rasterised once per job.
+
+    Every non-geometric variant has the identity affine, and a geometric
+    variant's affine depends only on the crop's seed, so every model of a job
+    shares them. Read-only, like the images.
+    """
+    matrix = np.frombuffer(affine, dtype=np.float64).reshape(2, 3)
+    labels = fair1m.rasterize(transform_objects(_fair1m_objects(xml_path), matrix, x0, y0), x0, y0, size)
+    labels.setflags(write=False)
+    return labels
+
+
 class Fair1mSource(TileSource):
     """FAIR1M crops; geometric variants take pixels from the whole source image and move the boxes exactly."""
 
@@ -278,11 +323,11 @@ class Fair1mSource(TileSource):
 
     def item(self, row: Mapping[str, Any]) -> ImageTiles:
         sample_id = str(row["sample_id"])
-        source, (x0, y0, size) = fair1m.read_crop(self.root, row)
+        source, (x0, y0, size) = fair1m.read_crop(self.root, row, read=_FAIR1M_SOURCES.read)
         crop = source[y0 : y0 + size, x0 : x0 + size]
         image, affine = self.degrade(crop, sample_id, CropContext(source, x0, y0))
-        objects = transform_objects(_fair1m_objects(str(Path(self.root, row["xml_path"]))), affine, x0, y0)
-        label_map = fair1m.rasterize(objects, x0, y0, size)
+        label_map = _fair1m_labels(str(Path(self.root, row["xml_path"])), x0, y0, size,
+                                   np.ascontiguousarray(affine, dtype=np.float64).tobytes())
         label, extra = label_columns(tile_image(label_map, self.tiling), self.grid, self.method)
         source_patch = patch_correspondence(affine, (size, size), self.grid).reshape(1, *self.grid)
         extra["source_patch"] = source_patch.astype(np.int32)
