@@ -7,13 +7,18 @@ from snakemake.utils import validate
 
 from vitlocal.config import check_config, check_dataset_roots, dataset_names, subset_names
 from vitlocal.layout import Layout
+from vitlocal.models.registry import reuse_checked_factories, share_checked_factories
 
 
 # Structure and defaults first (schema), then what a schema cannot say (model
 # names resolve, list files exist): both before the DAG is built, so a bad key
 # stops the run before any job starts.
 validate(config, "../schemas/config.schema.yaml")
+if not workflow.is_main_process:  # a job's own read of the Snakefile: the main process checked the factories
+    reuse_checked_factories()
 check_config(config)
+if workflow.is_main_process:
+    share_checked_factories(config["models"])
 
 
 # Every configured dataset root is checked once, before any job (not on -n / --lint / --report).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ from vitlocal.studies.runner import run_experiment
 from vitlocal.features.pipeline import extract_features
 from vitlocal.features.store import read_attrs, read_features
 from vitlocal.models.extractor import build_extractor
+from vitlocal.models import registry
 from vitlocal.models.registry import resolve
 from vitlocal.synthetic import generate
 
@@ -41,6 +44,27 @@ def test_factory_entry_resolves_with_facts_from_the_module():
 def test_bad_factory_entries_stop_at_resolve(entry, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("pkg", "package")):
         resolve("mine", entry)
+
+
+def test_a_job_process_reuses_the_main_process_checked_factory_spec_for_the_same_entry(monkeypatch):
+    """A cluster job reads the Snakefile again: it takes the spec its main process checked (no import,
+    no build) while the entry is the same, and resolves any other entry itself; the main process never reuses."""
+    monkeypatch.setattr(registry, "_checked_factories", {})
+    monkeypatch.delenv(registry.CHECKED_FACTORIES_ENV, raising=False)
+    registry.share_checked_factories({"mine": REG, "dino": {"weights": "random"}})
+    shared = json.loads(os.environ[registry.CHECKED_FACTORIES_ENV])
+    assert list(shared) == ["mine"]  # factory entries only
+    # Plant a spec no build of REG gives: only the shared spec can answer with it.
+    shared["mine"]["spec"]["description"] = "from the main process"
+    monkeypatch.setenv(registry.CHECKED_FACTORIES_ENV, json.dumps(shared))
+    fresh = resolve("mine", REG)
+    assert fresh.description != "from the main process"  # main process: not reused
+    registry.reuse_checked_factories()
+    reused = resolve("mine", REG)
+    assert reused.description == "from the main process"
+    assert dataclasses.replace(reused, description=fresh.description) == fresh  # field by field, tuples included
+    assert resolve("mine", {**REG, "seed": 10}).description != "from the main process"  # another entry: resolved
+    assert resolve("other", REG).description != "from the main process"  # another key: resolved
 
 
 def test_a_module_without_either_reader_is_refused_naming_the_contract():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -392,6 +393,31 @@ def _merged_kwargs(base: Mapping[str, Any], update: Mapping[str, Any] | None) ->
     return out
 
 
+#: The factory specs the workflow's main process checked (JSON), for its job processes: a cluster job
+#: reads the Snakefile again (twice under SLURM), and would otherwise import and build every factory
+#: model again before its own work (``share_checked_factories``, ``reuse_checked_factories``).
+CHECKED_FACTORIES_ENV = "VITLOCAL_CHECKED_FACTORIES"
+_checked_factories: dict[str, dict[str, Any]] = {}
+
+
+def _entry_json(entry: Mapping[str, Any]) -> str:
+    return json.dumps(dict(entry), sort_keys=True)
+
+
+def share_checked_factories(entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """Main process: its checked spec of every factory entry of ``entries`` (``models:``), in the environment
+    its jobs inherit (local jobs and, through sbatch, cluster jobs)."""
+    shared = {key: {"entry": _entry_json(entry), "spec": dataclasses.asdict(resolve(key, entry))}
+              for key, entry in entries.items() if entry and "factory" in entry}
+    os.environ[CHECKED_FACTORIES_ENV] = json.dumps(shared, sort_keys=True)
+
+
+def reuse_checked_factories() -> None:
+    """Job process: resolve a factory entry to the main process's checked spec while the entry is the same
+    (a different entry, or none shared, is resolved, imported and built as usual)."""
+    _checked_factories.update(json.loads(os.environ.get(CHECKED_FACTORIES_ENV) or "{}"))
+
+
 def resolve(key: str, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
     """Spec for ``key``: a built-in with ``overrides`` applied, or a new model defined by them.
 
@@ -403,6 +429,10 @@ def resolve(key: str, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
     ``filename``; fields given explicitly always win.
     """
     if overrides and "factory" in overrides:  # a user's own module: no timm arch to read facts off
+        checked = _checked_factories.get(key)
+        if checked is not None and checked["entry"] == _entry_json(overrides):
+            return ModelSpec(**{**checked["spec"], "mean": tuple(checked["spec"]["mean"]),
+                                "std": tuple(checked["spec"]["std"])})
         from vitlocal.models.factory import resolve_factory
 
         return resolve_factory(key, overrides)

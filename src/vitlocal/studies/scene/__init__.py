@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from ...errors import ConfigError
+from ...models.registry import ModelSpec
 from ..base import Experiment, Output, Study, figure_writer
 
 #: The scene-classification datasets of Fig 5, in the paper's order.
@@ -92,10 +94,17 @@ def _scene_knn(job):
                           device=job.config.get("device", "auto"))
 
 
-def check_scene_config(config: Mapping[str, Any]) -> None:
-    """Stop before any job when ``scene.eval_sizes`` does not fit a Fig 5 model's patch grid."""
-    from .gsd import check_eval_sizes
+def check_eval_sizes(sizes: Sequence[int], spec: ModelSpec) -> list[int]:
+    """``scene.eval_sizes`` as ints, each a positive multiple of ``spec``'s patch size."""
+    bad = [s for s in sizes if int(s) != s or s < spec.patch_size or int(s) % spec.patch_size]
+    if bad or not sizes:
+        raise ConfigError(f"scene.eval_sizes = {list(sizes)}: model {spec.key!r} needs positive multiples of its "
+                          f"patch size {spec.patch_size} px (bad: {bad})")
+    return [int(s) for s in sizes]
 
+
+def check_scene_config(config: Mapping[str, Any]) -> None:
+    """Stop before any job when ``scene.eval_sizes`` does not fit a Fig 5 model's patch grid (no torch: read at parse)."""
     for key in scene_models(config):
         check_eval_sizes(settings(config)["eval_sizes"], model_spec(config, key))
 

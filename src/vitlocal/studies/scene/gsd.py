@@ -46,6 +46,7 @@ from ...evaluation.segmentation import RESULT_COLUMNS, resolve_device
 from ...io import read_rgb
 from ...models.registry import ModelSpec
 from ...probes.variance import remove_dims, top_variance_dims
+from . import check_eval_sizes
 from .knn import knn_classify, knn_protocol
 
 log = logging.getLogger(__name__)
@@ -86,15 +87,6 @@ def gsd_ratio(size: int) -> float:
 def scalemae_input_res(size: int, base_resolution: float) -> float:
     """Scale-MAE's ``input_res`` for a ``size``-px input: ``base * 224 / size`` (its ``eval/knn.py``)."""
     return float(base_resolution) * gsd_ratio(size)
-
-
-def check_eval_sizes(sizes: Sequence[int], spec: ModelSpec) -> list[int]:
-    """``scene.eval_sizes`` as ints, each a positive multiple of ``spec``'s patch size."""
-    bad = [s for s in sizes if int(s) != s or s < spec.patch_size or int(s) % spec.patch_size]
-    if bad or not sizes:
-        raise ConfigError(f"scene.eval_sizes = {list(sizes)}: model {spec.key!r} needs positive multiples of its "
-                          f"patch size {spec.patch_size} px (bad: {bad})")
-    return [int(s) for s in sizes]
 
 
 @torch.no_grad()
