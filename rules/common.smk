@@ -1,6 +1,7 @@
 # Everything computed lives here: config validation, output paths, and the
 # input functions the stage files use. Rules elsewhere stay declarative.
 
+import functools
 import os
 
 from snakemake.utils import validate
@@ -158,10 +159,16 @@ def feature_files():
     return list(files)
 
 
+@functools.cache
+def experiment_input_sets():
+    """The set of files each (experiment, model) job reads, computed once for every extraction rule."""
+    return [frozenset(flatten(experiment_inputs(e, m))) for e, m in experiment_jobs()]
+
+
 def extraction_priority(paths):
     """PRIORITY["features"] plus how many experiment jobs read any of ``paths``: the chains most wait on start first."""
     paths = set(paths)
-    readers = sum(1 for e, m in experiment_jobs() if paths.intersection(flatten(experiment_inputs(e, m))))
+    readers = sum(1 for inputs in experiment_input_sets() if not paths.isdisjoint(inputs))
     return PRIORITY["features"] + min(readers, PRIORITY["experiments"] - PRIORITY["features"] - 1)
 
 

@@ -99,7 +99,7 @@ def extraction_jobs(
         raise ValueError(f"extraction.jobs = {cut!r}: one of {', '.join(CUTS)}")
     pattern = re.compile(rf"^{re.escape(results)}/features/([^/]+)/([^/]+)/([^/]+)/([^/]+)\.parquet$")
     order = {v: i for i, v in enumerate([*TILE_VARIANTS, *degraded, *transformed])}
-    groups: dict[tuple[str, str | None, str], dict[str, FeatureFile]] = {}
+    groups: dict[tuple[str, str, str], dict[str, FeatureFile]] = {}  # model "": every model (per_dataset)
     for path in paths:
         match = pattern.match(path)
         if not match or match.group(1) not in datasets:
